@@ -1,0 +1,1 @@
+"""sdl-agent: the decision maker of a self-driving lab."""

@@ -1,0 +1,1 @@
+"""Instrument-side processes: a shared driver runtime and simulated instruments."""

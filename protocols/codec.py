@@ -1,0 +1,123 @@
+"""Frames <-> messages.
+
+Every message travels as two ZeroMQ frames::
+
+    frame 0  topic   ASCII  "<kind>.<source>"     e.g. b"spectrum.spectrometer"
+    frame 1  body    UTF-8 JSON object, the message's fields (see messages.py)
+
+(over ROUTER/DEALER the routing identity frame comes first and is stripped by
+the socket owner before :func:`decode`). The topic lets a SUB socket filter by
+kind prefix. :func:`decode` returns a message or raises a :class:`CodecError`
+subclass that says why; nothing else escapes.
+
+>>> from protocols.messages import Heartbeat
+>>> frames = encode(Heartbeat(msg_id="1", source="pump", seq=0, ts=0.0))
+>>> frames[0]
+b'heartbeat.pump'
+>>> decode(frames).kind
+'heartbeat'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from protocols.errors import (
+    CodecError,
+    InvalidMessage,
+    MalformedFrames,
+    NonFiniteValue,
+    OversizedMessage,
+    TopicMismatch,
+    UnknownKind,
+    UnsupportedVersion,
+    WrongArrayLength,
+)
+from protocols.messages import MESSAGE_ADAPTER, SCHEMA_VERSION, Message
+
+__all__ = ["DEFAULT_MAX_BYTES", "decode", "encode", "topic_of"]
+
+#: Largest message accepted, all frames together (a 8192-point spectrum in JSON
+#: is ~200 kB).
+DEFAULT_MAX_BYTES = 1 << 20
+
+
+def topic_of(msg: Message) -> bytes:
+    """The topic frame of ``msg``: ``b"<kind>.<source>"``."""
+    return f"{msg.kind}.{msg.source}".encode("ascii")
+
+
+def encode(msg: Message) -> list[bytes]:
+    """Serialise ``msg`` to its two frames."""
+    return [topic_of(msg), msg.__pydantic_serializer__.to_json(msg)]
+
+
+def decode(frames: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Message:
+    """Parse and validate two frames into a message.
+
+    Raises:
+        CodecError: one of its subclasses, whose ``str`` is the reason.
+    """
+    if len(frames) != 2:
+        raise MalformedFrames(f"expected 2 frames (topic, body), got {len(frames)}")
+    topic, body = frames
+    if not isinstance(topic, bytes | bytearray | memoryview) or not isinstance(
+        body, bytes | bytearray | memoryview
+    ):
+        raise MalformedFrames("frames must be bytes")
+    size = len(topic) + len(body)
+    if size > max_bytes:
+        raise OversizedMessage(f"message of {size} bytes exceeds the limit of {max_bytes}")
+    try:
+        msg = MESSAGE_ADAPTER.validate_json(body)
+    except ValidationError as exc:
+        raise _classify(exc, body) from None
+    except (ValueError, TypeError) as exc:  # pragma: no cover - defensive
+        raise MalformedFrames(f"body is not a message: {exc}") from None
+    if bytes(topic) != topic_of(msg):
+        raise TopicMismatch(
+            f"topic {bytes(topic)[:80]!r} does not match body ({topic_of(msg)!r})"
+        )
+    return msg
+
+
+def _classify(exc: ValidationError, body: bytes | bytearray | memoryview) -> CodecError:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0] if errors else {"type": "unknown", "loc": (), "msg": str(exc)}
+    etype = first["type"]
+    loc = ".".join(str(p) for p in first["loc"])
+    if etype == "json_invalid":
+        return MalformedFrames(f"body is not valid JSON: {first['msg']}")
+    if etype in ("model_type", "model_attributes_type", "dict_type"):
+        return MalformedFrames("body is not a JSON object")
+    if etype == "union_tag_not_found":
+        return InvalidMessage("body has no 'kind' field")
+    if etype == "union_tag_invalid":
+        kind = _peek(body, "kind")
+        return UnknownKind(f"unknown message kind {kind!r}")
+    if loc.endswith(".v") or loc == "v":
+        return UnsupportedVersion(
+            f"schema version {_peek(body, 'v')!r} is not supported (this side speaks "
+            f"{SCHEMA_VERSION})"
+        )
+    if etype == "finite_number" or any(e["type"] == "finite_number" for e in errors):
+        bad = next(e for e in errors if e["type"] == "finite_number")
+        return NonFiniteValue(f"non-finite number at {'.'.join(map(str, bad['loc']))}")
+    if any("n_points" in e.get("msg", "") for e in errors):
+        return WrongArrayLength(next(e["msg"] for e in errors if "n_points" in e["msg"]))
+    detail = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:3]
+    )
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+    return InvalidMessage(f"invalid message: {detail}{more}")
+
+
+def _peek(body: bytes | bytearray | memoryview, key: str) -> object:
+    try:
+        obj = json.loads(bytes(body))
+    except ValueError:
+        return None
+    return obj.get(key) if isinstance(obj, dict) else None

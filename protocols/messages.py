@@ -1,0 +1,332 @@
+"""The wire contract: every message that crosses the bus.
+
+One discriminated union on ``kind``; every model is frozen, forbids extra
+fields and bounds every field. Each message carries the envelope fields:
+
+=============  ==============================================================
+``v``          schema version (:data:`SCHEMA_VERSION`)
+``msg_id``     unique id of this message (hex, <= 64 chars)
+``source``     who sent it (``pump``, ``spectrometer``, ``xrd``, ``agent`` ...)
+``seq``        per-source, per-socket sequence number, from 0, +1 a message
+``ts``         sender's wall-clock time, seconds since the Unix epoch
+``campaign``   campaign id ("" before a driver has been told one)
+=============  ==============================================================
+
+Messages hold data only: no behaviour, no live objects, no arrays.
+
+>>> msg = Heartbeat(msg_id="ab12", source="pump", seq=3, ts=1.0, campaign="c1")
+>>> msg.kind
+'heartbeat'
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+__all__ = [
+    "COMMAND_KINDS",
+    "MAX_CHANNELS",
+    "MAX_SPECTRUM_POINTS",
+    "MESSAGE_ADAPTER",
+    "SCHEMA_VERSION",
+    "STATUS_KINDS",
+    "AcquireAck",
+    "Acquire",
+    "BoundaryExpanded",
+    "CampaignStopped",
+    "ConditionComplete",
+    "Fault",
+    "FlowReadback",
+    "Heartbeat",
+    "Hello",
+    "Message",
+    "PhaseLabel",
+    "Proposal",
+    "ProposedCondition",
+    "Role",
+    "RoundComplete",
+    "SafeState",
+    "Setpoint",
+    "SetpointAck",
+    "Spectrum",
+    "new_id",
+]
+
+SCHEMA_VERSION = 1
+MAX_SPECTRUM_POINTS = 8192
+MAX_CHANNELS = 32
+MAX_CONDITIONS_PER_PROPOSAL = 1000
+
+Role = Literal["pump", "spectrometer", "xrd", "agent", "monitor"]
+
+# Bounded scalar types shared by the models.
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+OptName = Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9_.:\-]*$")]
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+Text = Annotated[str, Field(max_length=2000)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+NonNeg = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0, le=2**53)]
+
+
+def new_id() -> str:
+    """A fresh message or command id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+class _Message(BaseModel):
+    """The envelope every message carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    v: Literal[1] = SCHEMA_VERSION
+    msg_id: Id
+    source: Name
+    seq: Count
+    ts: NonNeg
+    campaign: OptName = ""
+
+
+# --- lifecycle ---------------------------------------------------------------
+
+
+class Hello(_Message):
+    """A peer announces itself; sent on connect and again after a restart.
+
+    ``session`` changes at every start of the process, so a receiver can tell a
+    restart (sequence numbers begin again at 0) from a replay.
+    """
+
+    kind: Literal["hello"] = "hello"
+    role: Role
+    session: Id
+    instrument: Text = ""
+
+
+class Heartbeat(_Message):
+    """Liveness, both ways, every ``heartbeat_interval`` seconds."""
+
+    kind: Literal["heartbeat"] = "heartbeat"
+    state: Annotated[str, Field(max_length=32)] = "ok"
+
+
+class Fault(_Message):
+    """A driver reports a fault it cannot recover from by itself."""
+
+    kind: Literal["fault"] = "fault"
+    code: Name
+    detail: Text = ""
+    severity: Literal["warning", "error", "fatal"] = "error"
+
+
+# --- commands (agent -> driver, acknowledged) ----------------------------------
+
+
+class Setpoint(_Message):
+    """Set the pump's channel flows (uL/min) for one condition.
+
+    Resent with the same ``cmd_id`` until acknowledged; the pump applies a
+    ``cmd_id`` at most once and answers every copy with the same ack.
+    """
+
+    kind: Literal["setpoint"] = "setpoint"
+    cmd_id: Id
+    condition: Id
+    flows: Annotated[dict[Name, NonNeg], Field(min_length=1, max_length=MAX_CHANNELS)]
+
+
+class SafeState(_Message):
+    """Put the pump in its configured safe state (flows to zero, or purge)."""
+
+    kind: Literal["safe_state"] = "safe_state"
+    cmd_id: Id
+    reason: Text = ""
+
+
+class SetpointAck(_Message):
+    """The pump's answer to a :class:`Setpoint` or :class:`SafeState`.
+
+    ``accepted`` is false when the pump refused the command (``reason`` says
+    why, e.g. a channel outside its hard limits); a refused command is not
+    applied and is not retried.
+    """
+
+    kind: Literal["setpoint_ack"] = "setpoint_ack"
+    cmd_id: Id
+    accepted: bool
+    reason: Text = ""
+
+
+class Acquire(_Message):
+    """Ask an instrument for ``n`` replicate measurements of ``condition``."""
+
+    kind: Literal["acquire"] = "acquire"
+    cmd_id: Id
+    condition: Id
+    n: Annotated[int, Field(ge=1, le=1000)] = 1
+
+
+class AcquireAck(_Message):
+    """An instrument's answer to :class:`Acquire` (same de-duplication rules)."""
+
+    kind: Literal["acquire_ack"] = "acquire_ack"
+    cmd_id: Id
+    accepted: bool
+    reason: Text = ""
+
+
+# --- measurements (driver -> agent, published) ---------------------------------
+
+
+class FlowReadback(_Message):
+    """What the pump's channels actually deliver; ``stable`` once settled."""
+
+    kind: Literal["flow_readback"] = "flow_readback"
+    cmd_id: OptName = ""
+    condition: OptName = ""
+    flows: Annotated[dict[Name, NonNeg], Field(max_length=MAX_CHANNELS)]
+    stable: bool
+
+
+class Spectrum(_Message):
+    """One replicate (one droplet) of a UV-Vis absorbance spectrum.
+
+    ``values[i]`` is the absorbance at ``wl_start + i * wl_step`` nm;
+    ``n_points`` must equal ``len(values)``.
+    """
+
+    kind: Literal["spectrum"] = "spectrum"
+    condition: Id
+    replicate: Annotated[int, Field(ge=0, le=100_000)]
+    wl_start: Annotated[float, Field(gt=0.0, lt=100_000.0)]
+    wl_step: Annotated[float, Field(gt=0.0, lt=1000.0)]
+    n_points: Annotated[int, Field(ge=2, le=MAX_SPECTRUM_POINTS)]
+    values: Annotated[list[Finite], Field(min_length=2, max_length=MAX_SPECTRUM_POINTS)]
+
+    @field_validator("values")
+    @classmethod
+    def _values_finite(cls, values: list[float]) -> list[float]:
+        # allow_inf_nan on the item type already refuses NaN/inf; this guards the
+        # model_construct path used by trusted producers.
+        if not all(math.isfinite(x) for x in values):
+            raise ValueError("spectrum values must be finite")
+        return values
+
+    @model_validator(mode="after")
+    def _length_matches(self) -> Spectrum:
+        if self.n_points != len(self.values):
+            raise ValueError(f"n_points={self.n_points} but {len(self.values)} values were sent")
+        return self
+
+
+class PhaseLabel(_Message):
+    """The XRD labeller's verdict on a condition; may arrive rounds later."""
+
+    kind: Literal["phase_label"] = "phase_label"
+    condition: Id
+    phase: Name
+    confidence: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+# --- agent status events (agent -> monitors, published) -------------------------
+
+
+class ProposedCondition(BaseModel):
+    """One recipe in a :class:`Proposal`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    condition: Id
+    recipe: Annotated[dict[Name, Finite], Field(max_length=MAX_CHANNELS)]
+    strategy: Name
+
+
+class Proposal(_Message):
+    """The agent proposed a round of conditions."""
+
+    kind: Literal["proposal"] = "proposal"
+    round: Annotated[int, Field(ge=0)]
+    conditions: Annotated[
+        list[ProposedCondition], Field(max_length=MAX_CONDITIONS_PER_PROPOSAL)
+    ]
+
+
+class ConditionComplete(_Message):
+    """A condition's replicates are done: its median loss, or why it failed."""
+
+    kind: Literal["condition_complete"] = "condition_complete"
+    round: Annotated[int, Field(ge=0)]
+    condition: Id
+    status: Literal["complete", "failed"]
+    n_used: Annotated[int, Field(ge=0)]
+    n_rejected: Annotated[int, Field(ge=0)] = 0
+    median_loss: Finite | None = None
+    loss_sd: NonNeg | None = None
+    reason: Text = ""
+
+
+class RoundComplete(_Message):
+    """Every condition of a round is complete or failed."""
+
+    kind: Literal["round_complete"] = "round_complete"
+    round: Annotated[int, Field(ge=0)]
+    best_loss: Finite | None = None
+    best_condition: OptName = ""
+    n_complete: Annotated[int, Field(ge=0)]
+    n_failed: Annotated[int, Field(ge=0)]
+
+
+class BoundaryExpanded(_Message):
+    """The search box was widened on one face."""
+
+    kind: Literal["boundary_expanded"] = "boundary_expanded"
+    round: Annotated[int, Field(ge=0)]
+    parameter: Name
+    face: Literal["lower", "upper"]
+    old_bounds: tuple[Finite, Finite]
+    new_bounds: tuple[Finite, Finite]
+    reason: Text
+
+
+class CampaignStopped(_Message):
+    """The campaign stopped: which rule fired and the numbers behind it."""
+
+    kind: Literal["campaign_stopped"] = "campaign_stopped"
+    reason: Text
+    rule: Name
+    rounds: Annotated[int, Field(ge=0)]
+    conditions: Annotated[int, Field(ge=0)]
+    best_loss: Finite | None = None
+    best_condition: OptName = ""
+
+
+Message = Annotated[
+    Hello
+    | Heartbeat
+    | Fault
+    | Setpoint
+    | SafeState
+    | SetpointAck
+    | Acquire
+    | AcquireAck
+    | FlowReadback
+    | Spectrum
+    | PhaseLabel
+    | Proposal
+    | ConditionComplete
+    | RoundComplete
+    | BoundaryExpanded
+    | CampaignStopped,
+    Field(discriminator="kind"),
+]
+
+MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
+
+COMMAND_KINDS = frozenset({"setpoint", "safe_state", "acquire"})
+STATUS_KINDS = frozenset(
+    {"proposal", "condition_complete", "round_complete", "boundary_expanded", "campaign_stopped"}
+)
