@@ -61,13 +61,18 @@ def decode(frames: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Me
     Raises:
         CodecError: one of its subclasses, whose ``str`` is the reason.
     """
-    if len(frames) != 2:
-        raise MalformedFrames(f"expected 2 frames (topic, body), got {len(frames)}")
+    try:
+        count = len(frames)
+    except TypeError:
+        raise MalformedFrames(f"frames must be a sequence, got {type(frames).__name__}") from None
+    if count != 2:
+        raise MalformedFrames(f"expected 2 frames (topic, body), got {count}")
     topic, body = frames
     if not isinstance(topic, bytes | bytearray | memoryview) or not isinstance(
         body, bytes | bytearray | memoryview
     ):
         raise MalformedFrames("frames must be bytes")
+    topic, body = bytes(topic), bytes(body)
     size = len(topic) + len(body)
     if size > max_bytes:
         raise OversizedMessage(f"message of {size} bytes exceeds the limit of {max_bytes}")
@@ -78,46 +83,63 @@ def decode(frames: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Me
     except (ValueError, TypeError) as exc:  # pragma: no cover - defensive
         raise MalformedFrames(f"body is not a message: {exc}") from None
     if bytes(topic) != topic_of(msg):
-        raise TopicMismatch(
-            f"topic {bytes(topic)[:80]!r} does not match body ({topic_of(msg)!r})"
-        )
+        raise TopicMismatch(f"topic {bytes(topic)[:80]!r} does not match body ({topic_of(msg)!r})")
     return msg
 
 
-def _classify(exc: ValidationError, body: bytes | bytearray | memoryview) -> CodecError:
+def _classify(exc: ValidationError, body: bytes) -> CodecError:
     errors = exc.errors(include_url=False, include_input=False)
     first = errors[0] if errors else {"type": "unknown", "loc": (), "msg": str(exc)}
     etype = first["type"]
-    loc = ".".join(str(p) for p in first["loc"])
     if etype == "json_invalid":
         return MalformedFrames(f"body is not valid JSON: {first['msg']}")
     if etype in ("model_type", "model_attributes_type", "dict_type"):
         return MalformedFrames("body is not a JSON object")
-    if etype == "union_tag_not_found":
-        return InvalidMessage("body has no 'kind' field")
-    if etype == "union_tag_invalid":
-        kind = _peek(body, "kind")
-        return UnknownKind(f"unknown message kind {kind!r}")
-    if loc.endswith(".v") or loc == "v":
-        return UnsupportedVersion(
-            f"schema version {_peek(body, 'v')!r} is not supported (this side speaks "
-            f"{SCHEMA_VERSION})"
-        )
+    if etype in ("union_tag_not_found", "union_tag_invalid"):
+        # A message of another schema version may have a kind or no kind this side
+        # does not know: say so rather than blame the kind.
+        version = _peek(body, "v")
+        if version is not _ABSENT and not _is_our_version(version):
+            return _unsupported(version)
+        if etype == "union_tag_not_found":
+            return InvalidMessage("body has no 'kind' field")
+        return UnknownKind(f"unknown message kind {_peek(body, 'kind')!r}")
+    if any(_is_version_loc(e["loc"]) for e in errors):
+        return _unsupported(_peek(body, "v"))
     if etype == "finite_number" or any(e["type"] == "finite_number" for e in errors):
         bad = next(e for e in errors if e["type"] == "finite_number")
         return NonFiniteValue(f"non-finite number at {'.'.join(map(str, bad['loc']))}")
     if any("n_points" in e.get("msg", "") for e in errors):
         return WrongArrayLength(next(e["msg"] for e in errors if "n_points" in e["msg"]))
-    detail = "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:3]
-    )
+    detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:3])
     more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
     return InvalidMessage(f"invalid message: {detail}{more}")
 
 
-def _peek(body: bytes | bytearray | memoryview, key: str) -> object:
+_ABSENT = object()
+
+
+def _unsupported(version: object) -> UnsupportedVersion:
+    shown = None if version is _ABSENT else version
+    return UnsupportedVersion(
+        f"schema version {shown!r} is not supported (this side speaks {SCHEMA_VERSION})"
+    )
+
+
+def _is_our_version(version: object) -> bool:
+    return type(version) is int and version == SCHEMA_VERSION
+
+
+def _is_version_loc(loc: tuple[int | str, ...]) -> bool:
+    # The envelope's ``v`` is ``("v",)`` or ``(<kind>, "v")`` once the union picked a
+    # member; deeper locations (a flow channel called "v") are not the version.
+    return loc == ("v",) or (len(loc) == 2 and loc[1] == "v")
+
+
+def _peek(body: bytes, key: str) -> object:
+    """``body[key]`` if ``body`` is a JSON object holding ``key``, else ``_ABSENT``."""
     try:
-        obj = json.loads(bytes(body))
-    except ValueError:
-        return None
-    return obj.get(key) if isinstance(obj, dict) else None
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        return _ABSENT
+    return obj.get(key, _ABSENT) if isinstance(obj, dict) else _ABSENT

@@ -34,8 +34,8 @@ __all__ = [
     "MESSAGE_ADAPTER",
     "SCHEMA_VERSION",
     "STATUS_KINDS",
-    "AcquireAck",
     "Acquire",
+    "AcquireAck",
     "BoundaryExpanded",
     "CampaignStopped",
     "ConditionComplete",
@@ -250,9 +250,7 @@ class Proposal(_Message):
 
     kind: Literal["proposal"] = "proposal"
     round: Annotated[int, Field(ge=0)]
-    conditions: Annotated[
-        list[ProposedCondition], Field(max_length=MAX_CONDITIONS_PER_PROPOSAL)
-    ]
+    conditions: Annotated[list[ProposedCondition], Field(max_length=MAX_CONDITIONS_PER_PROPOSAL)]
 
 
 class ConditionComplete(_Message):

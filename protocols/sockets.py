@@ -15,6 +15,7 @@ Every socket gets ``linger`` and a maximum message size.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -26,6 +27,7 @@ __all__ = ["DEFAULT_BASE", "Endpoints", "configure", "is_loopback"]
 
 DEFAULT_BASE = "tcp://127.0.0.1:5560"
 LINGER_MS = 0
+_MAX_PORT = 65535
 
 
 @dataclass(frozen=True)
@@ -44,12 +46,27 @@ class Endpoints:
         'tcp://127.0.0.1:6001'
         """
         parts = urlsplit(base)
-        if parts.scheme != "tcp" or parts.port is None or parts.hostname is None:
+        try:
+            port = parts.port
+        except ValueError:  # not a number, or outside 0-65535
+            port = None
+        if (
+            parts.scheme != "tcp"
+            or port is None
+            or not parts.hostname
+            or parts.path
+            or parts.query
+            or parts.fragment
+        ):
             raise ValueError(f"endpoint must look like tcp://HOST:PORT, got {base!r}")
+        if not 1 <= port <= _MAX_PORT - 2:
+            raise ValueError(
+                f"port must be in 1..{_MAX_PORT - 2} (the agent also uses the next two), "
+                f"got {port} in {base!r}"
+            )
         host = parts.hostname
         if ":" in host:  # IPv6
             host = f"[{host}]"
-        port = parts.port
         return cls(
             commands=f"tcp://{host}:{port}",
             events=f"tcp://{host}:{port + 1}",
@@ -69,5 +86,15 @@ def is_loopback(endpoint: str) -> bool:
     parts = urlsplit(endpoint)
     if parts.scheme in ("ipc", "inproc"):
         return True
-    host = parts.hostname or ""
-    return host == "localhost" or host.startswith("127.") or host == "::1"
+    if parts.scheme != "tcp":
+        return False
+    host = (parts.hostname or "").rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # a host name (DNS may send it anywhere), "*", or an interface
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback

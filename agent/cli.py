@@ -1,0 +1,219 @@
+"""``sdl-agent``: the command line.
+
+Subcommands: ``run`` a campaign beside real or simulated drivers, ``demo`` a
+whole simulated lab, start a simulated ``driver``, ``validate`` a campaign
+file, write the wire ``schema``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+_EPILOG = """\
+examples:
+  sdl-agent demo                                   # simulated lab, 3 rounds of 15
+  sdl-agent run examples/agnp.toml --set stop.max_rounds=8
+  sdl-agent driver pump --connect tcp://127.0.0.1:5560
+  sdl-agent validate examples/agnp.toml
+  sdl-agent schema --out docs/schemas
+
+environment:
+  SDL_AGENT_<SECTION>__<KEY>=value overrides the campaign file
+  (e.g. SDL_AGENT_STOP__MAX_ROUNDS=5); --set overrides both.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "driver":
+        return _driver(argv[1:])
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sdl-agent",
+        description="A headless agent that closes the loop of a self-driving lab over ZeroMQ.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run a campaign against drivers on the bus",
+        description="Bind the agent's endpoints and run CAMPAIGN until a stop rule fires "
+        "or SIGINT/SIGTERM (the pump is then put in its safe state).",
+    )
+    run.add_argument("campaign", type=Path, help="campaign file (TOML)")
+    _common(run)
+    run.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs"),
+        help="directory for the conditions CSV (default: %(default)s)",
+    )
+    run.set_defaults(func=_run)
+
+    demo = sub.add_parser(
+        "demo",
+        help="run a simulated lab: three driver processes and the agent",
+        description="Start the simulated pump, spectrometer and XRD as separate processes on "
+        "loopback TCP, run the campaign, write a CSV of conditions and print a summary.",
+    )
+    demo.add_argument(
+        "--campaign",
+        type=Path,
+        default=None,
+        help="campaign file (default: the bundled examples/agnp.toml)",
+    )
+    demo.add_argument("--rounds", type=int, default=3, help="rounds to run (default: 3)")
+    demo.add_argument(
+        "--time-scale",
+        type=float,
+        default=0.02,
+        help="simulated durations are multiplied by this (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("demo-out"), help="output directory (default: %(default)s)"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="seed for agent and drivers")
+    demo.add_argument(
+        "--strategy",
+        choices=("lhs", "lp-ei", "qlognei", "ucb"),
+        default=None,
+        help="strategy after round 1 (default: the campaign file's)",
+    )
+    demo.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    demo.set_defaults(func=_demo)
+
+    val = sub.add_parser("validate", help="check a campaign file and print what it sets up")
+    val.add_argument("campaign", type=Path)
+    val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    val.set_defaults(func=_validate)
+
+    schema = sub.add_parser("schema", help="write the JSON Schema of every wire message")
+    schema.add_argument(
+        "--out", type=Path, default=Path("schemas"), help="directory (default: %(default)s)"
+    )
+    schema.set_defaults(func=_schema)
+
+    sub.add_parser(
+        "driver",
+        help="start a simulated driver: sdl-agent driver pump|spectrometer|xrd --help",
+    )
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a campaign-file value, e.g. --set stop.max_rounds=8",
+    )
+    p.add_argument(
+        "--base",
+        default=None,
+        help="commands endpoint tcp://HOST:PORT; events PORT+1, status PORT+2",
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the file's)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"sdl-agent: --set wants KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _load(path: Path, pairs: list[str]):
+    from agent.config import CampaignConfig, ConfigError
+
+    try:
+        return CampaignConfig.from_toml(path, overrides=_overrides(pairs))
+    except ConfigError as exc:
+        print(f"sdl-agent: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.logs import configure_logging
+    from agent.session import run_campaign
+
+    overrides = list(args.set)
+    if args.base:
+        overrides.append(f'bus.base="{args.base}"')
+    cfg = _load(args.campaign, overrides)
+    configure_logging(args.log_level)
+    seed = cfg.campaign.seed if args.seed is None else args.seed
+    result = asyncio.run(run_campaign(cfg, seed=seed, out_dir=args.out))
+    print(result.summary())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+
+    return run_demo(
+        campaign=args.campaign,
+        rounds=args.rounds,
+        time_scale=args.time_scale,
+        out_dir=args.out,
+        seed=args.seed,
+        strategy=args.strategy,
+        log_level=args.log_level,
+    )
+
+
+def _validate(args: argparse.Namespace) -> int:
+    cfg = _load(args.campaign, args.set)
+    settings = cfg.to_settings()
+    print(f"campaign {settings.campaign_id}: OK")
+    for p in settings.space.parameters:
+        flag = " (expandable)" if p.expandable else ""
+        print(
+            f"  {p.name:10s} box [{p.lower:g}, {p.upper:g}]  "
+            f"hard [{p.hard_lower:g}, {p.hard_upper:g}] {p.unit}{flag}"
+        )
+    for c in settings.space.constraints:
+        print(f"  constraint {c.describe()} <= {c.upper:g}")
+    print(
+        f"  batch {settings.batch_size}, strategy {settings.initial_strategy.name} then "
+        f"{settings.strategy.name}, grid {settings.grid.n} points"
+    )
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from protocols.schema import write_schemas
+
+    paths = write_schemas(args.out)
+    print(f"wrote {len(paths)} schemas to {args.out}")
+    return 0
+
+
+def _driver(argv: list[str]) -> int:
+    """Hand over to the drivers' own entry point in a fresh interpreter.
+
+    The agent never imports a driver (they meet only on the wire), so this
+    replaces the current process with ``python -m drivers ...``.
+    """
+    os.execv(sys.executable, [sys.executable, "-m", "drivers", *argv])
+    return 0  # pragma: no cover - execv does not return

@@ -1,0 +1,346 @@
+"""The campaign file (TOML), validated with pydantic; env and CLI override it.
+
+Precedence, lowest first: the file, then environment variables
+``SDL_AGENT_<SECTION>__<KEY>=value`` (e.g. ``SDL_AGENT_STOP__MAX_ROUNDS=5``),
+then ``--set section.key=value`` on the command line. Values given as strings
+are parsed as TOML values when they parse (``5``, ``0.1``, ``true``,
+``"text"``), else kept as strings.
+
+>>> cfg = CampaignConfig.from_toml("examples/agnp.toml", overrides={"stop.max_rounds": "2"})
+>>> cfg.stop.max_rounds, cfg.campaign.batch_size
+(2, 15)
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.core.campaign import CampaignSettings
+from agent.core.objective import AgnpLoss
+from agent.core.replicates import Grid, ReplicateSettings
+from agent.core.space import Channel, ChannelMap, LinearConstraint, Parameter, Space
+from agent.core.stopping import AnyOf, MaxConditions, MaxRounds, StopRule, TargetLoss
+from agent.core.strategies.registry import make_expansion, make_strategy
+
+__all__ = ["ENV_PREFIX", "CampaignConfig", "ConfigError"]
+
+ENV_PREFIX = "SDL_AGENT_"
+
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+Pos = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class ConfigError(ValueError):
+    """The campaign file (or an override) is invalid; the message says where and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CampaignSection(_Section):
+    id: Name = "campaign"
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 15
+    seed: int = 0
+
+
+class ObjectiveConfig(_Section):
+    target: Path
+    wl_start: Pos = 380.0
+    wl_stop: Pos = 800.0
+    wl_step: Pos = 1.0
+    amplitude_low: Pos = 0.7
+    amplitude_high: Pos = 1.2
+
+    @model_validator(mode="after")
+    def _check(self) -> ObjectiveConfig:
+        if self.wl_stop <= self.wl_start:
+            raise ValueError("wl_stop must exceed wl_start")
+        if self.amplitude_high < self.amplitude_low:
+            raise ValueError("amplitude_high must be >= amplitude_low")
+        return self
+
+    @property
+    def grid(self) -> Grid:
+        n = round((self.wl_stop - self.wl_start) / self.wl_step) + 1
+        return Grid(self.wl_start, self.wl_step, n)
+
+
+class ReplicatesConfig(_Section):
+    min_count: Annotated[int, Field(ge=1, le=10_000)] = 5
+    max_count: Annotated[int, Field(ge=1, le=10_000)] = 48
+    per_acquire: Annotated[int, Field(ge=1, le=1000)] = 5
+    mad_threshold: Pos = 3.5
+    mad_floor: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.005
+    settle_tolerance: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.01
+    settle_window: Annotated[int, Field(ge=1, le=1000)] = 3
+    timeout_s: Pos = 120.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 1
+
+    @model_validator(mode="after")
+    def _check(self) -> ReplicatesConfig:
+        if self.max_count < self.min_count:
+            raise ValueError("max_count must be >= min_count")
+        return self
+
+
+class ExpansionConfig(_Section):
+    enabled: bool = True
+    edge_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
+    min_hits: Annotated[int, Field(ge=1)] = 2
+    patience: Annotated[int, Field(ge=1)] = 1
+    grow_fraction: Annotated[float, Field(gt=0, le=10)] = 0.5
+
+
+class StrategyConfig(_Section):
+    initial: Literal["lhs"] = "lhs"
+    kind: Literal["lhs", "lp-ei", "qlognei", "ucb"] = "lp-ei"
+    initial_rounds: Annotated[int, Field(ge=1)] = 1
+    ucb_beta: Pos = 2.0
+    expansion: ExpansionConfig = ExpansionConfig()
+
+
+class StopConfig(_Section):
+    max_rounds: Annotated[int, Field(ge=1)] | None = 3
+    max_conditions: Annotated[int, Field(ge=1)] | None = None
+    target_loss: Annotated[float, Field(ge=0, le=1)] | None = None
+
+    def rule(self) -> StopRule:
+        rules: list[StopRule] = []
+        if self.target_loss is not None:
+            rules.append(TargetLoss(self.target_loss))
+        if self.max_rounds is not None:
+            rules.append(MaxRounds(self.max_rounds))
+        if self.max_conditions is not None:
+            rules.append(MaxConditions(self.max_conditions))
+        if not rules:
+            raise ValueError("[stop] needs at least one of max_rounds, max_conditions")
+        return AnyOf(tuple(rules))
+
+
+class ParameterConfig(_Section):
+    name: Name
+    unit: str = ""
+    bounds: tuple[float, float]
+    hard_limits: tuple[float, float] | None = None
+    expandable: bool = False
+    resolution: Annotated[float, Field(ge=0)] = 0.0
+
+    def build(self) -> Parameter:
+        lo, hi = self.bounds
+        hlo, hhi = self.hard_limits if self.hard_limits is not None else self.bounds
+        return Parameter(self.name, lo, hi, hlo, hhi, self.expandable, self.resolution, self.unit)
+
+
+class ConstraintConfig(_Section):
+    coefficients: dict[Name, float]
+    upper: float
+
+
+class ChannelConfig(_Section):
+    name: Name
+    share: Name | None = None
+    ratio: Annotated[float, Field(ge=0)] | None = None
+    min_flow: Annotated[float, Field(ge=0)] = 0.0
+    max_flow: Annotated[float, Field(gt=0)] = math.inf
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ChannelConfig:
+        if (self.share is None) == (self.ratio is None):
+            raise ValueError(f"channel {self.name}: give exactly one of share or ratio")
+        return self
+
+
+class PumpConfig(_Section):
+    total: Name
+    channels: list[ChannelConfig] = Field(min_length=1)
+
+
+class DriversConfig(_Section):
+    required: list[Literal["pump", "spectrometer", "xrd"]] = ["pump", "spectrometer", "xrd"]
+    heartbeat_interval_s: Pos = 0.5
+    heartbeat_timeout_s: Pos = 5.0
+    settle_timeout_s: Pos = 60.0
+
+
+class BusConfig(_Section):
+    base: str = "tcp://127.0.0.1:5560"
+    max_message_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
+
+
+class CampaignConfig(_Section):
+    """The whole campaign file."""
+
+    campaign: CampaignSection = CampaignSection()
+    objective: ObjectiveConfig
+    replicates: ReplicatesConfig = ReplicatesConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    stop: StopConfig = StopConfig()
+    parameters: list[ParameterConfig] = Field(min_length=1)
+    constraints: list[ConstraintConfig] = []
+    pump: PumpConfig | None = None
+    drivers: DriversConfig = DriversConfig()
+    bus: BusConfig = BusConfig()
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @classmethod
+    def from_toml(
+        cls,
+        path: str | Path,
+        overrides: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CampaignConfig:
+        """Read, override (env, then ``overrides``) and validate a campaign file.
+
+        Raises:
+            ConfigError: unreadable file, bad TOML, or invalid values (the
+                message lists each problem with its location).
+        """
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read campaign file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        env = os.environ if env is None else env
+        for key, value in env.items():
+            if key.startswith(ENV_PREFIX):
+                dotted = key[len(ENV_PREFIX) :].lower().replace("__", ".")
+                _apply(raw, dotted, value)
+        for dotted, value in (overrides or {}).items():
+            _apply(raw, dotted, value)
+        raw["base_dir"] = path.resolve().parent
+        try:
+            cfg = cls.model_validate(raw)
+            cfg.to_settings()  # cross-section checks: names, target file, strategies
+        except ValidationError as exc:
+            raise ConfigError(_describe(path, exc)) from None
+        except (ValueError, KeyError, OSError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        return cfg
+
+    def space(self) -> Space:
+        channels = None
+        if self.pump is not None:
+            channels = ChannelMap(
+                self.pump.total,
+                tuple(
+                    Channel(c.name, c.share, c.ratio, c.min_flow, c.max_flow)
+                    for c in self.pump.channels
+                ),
+            )
+        return Space(
+            parameters=tuple(p.build() for p in self.parameters),
+            constraints=tuple(LinearConstraint(c.coefficients, c.upper) for c in self.constraints),
+            channels=channels,
+        )
+
+    def target(self) -> np.ndarray:
+        """The target spectrum on the campaign grid (CSV: wavelength_nm, absorbance)."""
+        path = self.objective.target
+        if not path.is_absolute():
+            path = self.base_dir / path
+        return load_target(path, self.objective.grid)
+
+    def to_settings(self) -> CampaignSettings:
+        """The core's view of this file."""
+        space = self.space()
+        grid = self.objective.grid
+        loss = AgnpLoss(
+            self.target(),
+            grid.wavelengths,
+            self.objective.amplitude_low,
+            self.objective.amplitude_high,
+        )
+        r = self.replicates
+        s = self.strategy
+        return CampaignSettings(
+            campaign_id=self.campaign.id,
+            space=space,
+            loss=loss,
+            grid=grid,
+            replicates=ReplicateSettings(**r.model_dump()),
+            initial_strategy=make_strategy(s.initial),
+            strategy=make_strategy(s.kind, beta=s.ucb_beta),
+            stop_rule=self.stop.rule(),
+            batch_size=self.campaign.batch_size,
+            initial_rounds=s.initial_rounds,
+            expansion=make_expansion(**s.expansion.model_dump()),
+            required_roles=tuple(self.drivers.required),
+            label_role="xrd" if "xrd" in self.drivers.required else None,
+            heartbeat_timeout_s=self.drivers.heartbeat_timeout_s,
+            settle_timeout_s=self.drivers.settle_timeout_s,
+        )
+
+
+def load_target(path: Path, grid: Grid) -> np.ndarray:
+    """Read a target CSV and put it on ``grid`` (linear interpolation inside its range).
+
+    Raises:
+        ValueError: unreadable, non-numeric, or not covering the grid.
+    """
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.reader(fh) if r and not r[0].startswith("#")]
+    except OSError as exc:
+        raise ValueError(f"cannot read target spectrum {path}: {exc.strerror}") from None
+    if rows and not _is_number(rows[0][0]):
+        rows = rows[1:]
+    try:
+        data = np.array([[float(a), float(b)] for a, b, *_ in rows])
+    except ValueError:
+        raise ValueError(f"target spectrum {path}: non-numeric values") from None
+    if data.ndim != 2 or len(data) < 2 or not np.all(np.isfinite(data)):
+        raise ValueError(f"target spectrum {path}: need >= 2 finite rows")
+    wl = grid.wavelengths
+    if data[0, 0] > wl[0] + 1e-6 or data[-1, 0] < wl[-1] - 1e-6:
+        raise ValueError(
+            f"target spectrum {path} covers {data[0, 0]:g}-{data[-1, 0]:g} nm, "
+            f"the grid needs {wl[0]:g}-{wl[-1]:g} nm"
+        )
+    return np.interp(wl, data[:, 0], data[:, 1])
+
+
+def _apply(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a table")
+    node[leaf] = _parse_value(value)
+
+
+def _parse_value(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def _describe(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: {exc.error_count()} problem(s):"]
+    for e in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

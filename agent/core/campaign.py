@@ -1,0 +1,814 @@
+"""The campaign state machine. Everything that changes a campaign's state lives here.
+
+One :class:`Campaign` object serves two callers:
+
+- offline, :meth:`Campaign.ask` / :meth:`Campaign.tell` (benchmarks, scripts);
+- live, :meth:`Campaign.start` and :meth:`Campaign.handle` (the asyncio
+  runtime feeds it :mod:`~agent.core.events` and carries out the decisions it
+  returns). Live rounds call the same ``ask``/``tell`` internally, so a
+  benchmark of the optimiser is a benchmark of what runs beside the hardware.
+
+A condition moves through::
+
+    queued -> setting -> settling -> measuring -> complete
+                 |          |            |  \\-> (timeout) retry once -> setting
+                 |          |            \\----> failed (second timeout)
+                 \\--------- +--> failed (pump refused the setpoint / never settled twice)
+
+and the campaign through ``waiting`` (for driver hellos) -> ``running`` <->
+``paused`` (a required driver went silent) -> ``stopped``. An illegal
+transition raises :class:`CampaignError`.
+
+>>> from agent.core.testing import toy_settings
+>>> campaign = Campaign(toy_settings(), seed=0)
+>>> batch = campaign.ask()
+>>> campaign.tell(batch, [Result(loss=sum(r.values()) / 10) for r in batch])
+>>> campaign.rounds_complete
+1
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from agent.core.events import (
+    AcquireAcked,
+    Announce,
+    Decision,
+    DriverDown,
+    DriverUp,
+    Event,
+    FlowStable,
+    Note,
+    PhaseLabelIn,
+    SendAcquire,
+    SendSafeState,
+    SendSetpoint,
+    SetpointAcked,
+    SpectrumIn,
+    Tick,
+)
+from agent.core.replicates import ConditionReplicates, Grid, Rejected, ReplicateSettings
+from agent.core.space import Space
+from agent.core.stopping import Progress, StopReason, StopRule
+from agent.core.strategies.base import Batch, Observations, Strategy, StrategyError
+
+__all__ = [
+    "Campaign",
+    "CampaignError",
+    "CampaignSettings",
+    "ConditionRecord",
+    "Expander",
+    "Result",
+    "TellError",
+]
+
+
+class CampaignError(Exception):
+    """An illegal transition of the campaign state machine."""
+
+
+class TellError(CampaignError, ValueError):
+    """``tell`` was given results it cannot accept; nothing was changed."""
+
+
+class Expander(Protocol):
+    """Boundary expansion: after a round, maybe widen the box."""
+
+    def __call__(
+        self, space: Space, data: Observations, proposals: Sequence[np.ndarray], round: int
+    ) -> tuple[Space, tuple[Any, ...]]: ...
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one condition gave: its median loss, the spread, optionally the spectrum.
+
+    ``loss_sd`` is the standard deviation of the median loss (NaN if unknown).
+    """
+
+    loss: float
+    loss_sd: float = math.nan
+    spectrum: np.ndarray | None = None
+    n_used: int = 1
+
+
+@dataclass(frozen=True)
+class CampaignSettings:
+    """Everything the core needs; built by the shell from the campaign file."""
+
+    campaign_id: str
+    space: Space
+    loss: Any  # callable spectrum -> loss (agent.core.objective.AgnpLoss)
+    grid: Grid
+    replicates: ReplicateSettings
+    initial_strategy: Strategy
+    strategy: Strategy
+    stop_rule: StopRule
+    batch_size: int = 15
+    initial_rounds: int = 1
+    expansion: Expander | None = None
+    required_roles: tuple[str, ...] = ("pump", "spectrometer", "xrd")
+    label_role: str | None = "xrd"
+    spectrometer_role: str = "spectrometer"
+    pump_role: str = "pump"
+    heartbeat_timeout_s: float = 5.0
+    settle_timeout_s: float = 60.0
+    resend_initial_s: float = 0.25
+    resend_max_s: float = 5.0
+
+
+@dataclass
+class ConditionRecord:
+    """One condition: its recipe, where it is, and what it gave."""
+
+    condition: str
+    round: int
+    index: int
+    recipe: dict[str, float]
+    strategy: str
+    flows: dict[str, float]
+    state: str = "queued"
+    attempt: int = 0
+    cmd_id: str = ""
+    state_since: float = 0.0
+    replicates: ConditionReplicates | None = None
+    median_loss: float | None = None
+    loss_sd: float | None = None
+    median_spectrum: np.ndarray | None = None
+    n_used: int = 0
+    n_rejected: int = 0
+    failure: str = ""
+    labels: list[tuple[str, float]] = field(default_factory=list)
+    n_requested: int = 0  # droplets asked of the spectrometer in this attempt
+    n_commands: int = 0  # acquire commands sent in this attempt
+
+    @property
+    def phase(self) -> tuple[str, float] | None:
+        """The most confident label so far (None until one arrives)."""
+        return max(self.labels, key=lambda lc: lc[1]) if self.labels else None
+
+
+@dataclass
+class _Pending:
+    """A command awaiting its ack; resent with exponential backoff."""
+
+    decision: SendSetpoint | SendAcquire | SendSafeState
+    role: str
+    sent_at: float
+    interval: float
+
+
+class Campaign:
+    """The campaign: rounds, conditions, pending work; all transitions."""
+
+    def __init__(self, settings: Any, seed: int = 0) -> None:
+        if hasattr(settings, "to_settings"):
+            settings = settings.to_settings()
+        self.settings: CampaignSettings = settings
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.space: Space = settings.space
+        self.state = "waiting"
+        self.stop_reason: StopReason | None = None
+        self.conditions: dict[str, ConditionRecord] = {}
+        self.rounds_complete = 0
+        self.best_by_round: list[float] = []
+        self._round_ids: list[list[str]] = []
+        self._asked: list[dict[str, float]] | None = None
+        self._asked_tags: tuple[str, ...] = ()
+        self._proposals: list[np.ndarray] = []
+        self._x: list[np.ndarray] = []
+        self._loss: list[float] = []
+        self._loss_sd: list[float] = []
+        self._spectra: list[np.ndarray | None] = []
+        self._obs_round: list[int] = []
+        self._queue: list[str] = []
+        self._active: str | None = None
+        self._pending: dict[str, _Pending] = {}
+        self._acquire_owner: dict[str, str] = {}
+        self._up: dict[str, float] = {}
+        self._started_at: float | None = None
+        self._notes_last_proposal: dict[str, object] = {}
+        #: every widening of the box so far (records from the expansion rule)
+        self.expansions: list[Any] = []
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def stopped(self) -> bool:
+        return self.state == "stopped"
+
+    @property
+    def round(self) -> int:
+        """The current round (1-based); 0 before the first ask."""
+        return len(self._round_ids)
+
+    @property
+    def observations(self) -> Observations:
+        """Every completed condition so far, in physical units."""
+        spectra = None
+        if self._spectra and all(s is not None for s in self._spectra):
+            spectra = np.stack(self._spectra)  # type: ignore[arg-type]
+        return Observations(
+            x=np.array(self._x).reshape(-1, self.space.dim),
+            loss=np.array(self._loss, dtype=float),
+            loss_sd=np.array(self._loss_sd, dtype=float),
+            spectra=spectra,
+            round=np.array(self._obs_round, dtype=int),
+        )
+
+    @property
+    def best(self) -> tuple[dict[str, float], float] | None:
+        """The best recipe so far and its median loss."""
+        if not self._loss:
+            return None
+        i = int(np.argmin(self._loss))
+        return self.space.to_recipes(self._x[i][None, :])[0], self._loss[i]
+
+    def progress(self, now: float | None = None) -> Progress:
+        elapsed = 0.0 if now is None or self._started_at is None else now - self._started_at
+        return Progress(
+            rounds=self.rounds_complete,
+            conditions=len(self._loss),
+            best_loss=min(self._loss) if self._loss else None,
+            best_by_round=tuple(self.best_by_round),
+            elapsed_s=elapsed,
+        )
+
+    # --------------------------------------------------------- offline API
+
+    def ask(self) -> list[dict[str, float]]:
+        """Propose the next round: a list of recipes (plain floats).
+
+        Asking again before telling returns the same batch.
+        """
+        if self.stopped:
+            raise CampaignError("the campaign has stopped; nothing more to ask")
+        if self._asked is not None:
+            return [dict(r) for r in self._asked]
+        batch, notes = self._propose()
+        self._asked = self.space.to_recipes(batch.x)
+        self._asked_tags = batch.strategy
+        self._proposals.append(batch.x)
+        self._notes_last_proposal = notes
+        return [dict(r) for r in self._asked]
+
+    def tell(self, batch: Sequence[Mapping[str, float]], results: Sequence[Result]) -> None:
+        """Record the results of the batch from :meth:`ask` (same order).
+
+        Raises:
+            TellError: wrong count, non-finite loss, a recipe that was not asked
+                or lies outside the hard limits; nothing is recorded then.
+        """
+        if self._asked is None:
+            raise TellError("tell() without a pending ask()")
+        if len(batch) != len(results):
+            raise TellError(f"{len(batch)} recipes but {len(results)} results")
+        try:
+            x = self.space.to_array(list(batch))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise TellError(f"bad recipe: {exc}") from None
+        asked = self.space.to_array(self._asked)
+        for i, row in enumerate(x):
+            if not np.any(np.all(np.isclose(asked, row, rtol=0, atol=1e-9), axis=1)):
+                bad = self.space.violations(batch[i])
+                why = "; ".join(bad) if bad else "it was not in the asked batch"
+                raise TellError(f"recipe {i} cannot be told: {why}")
+        for i, r in enumerate(results):
+            if not isinstance(r, Result):
+                raise TellError(f"result {i} is not a Result")
+            if not math.isfinite(r.loss):
+                raise TellError(f"result {i} has a non-finite loss {r.loss!r}")
+            if not (math.isnan(r.loss_sd) or (math.isfinite(r.loss_sd) and r.loss_sd >= 0)):
+                raise TellError(f"result {i} has an invalid loss_sd {r.loss_sd!r}")
+            if r.spectrum is not None and not np.all(np.isfinite(r.spectrum)):
+                raise TellError(f"result {i} has a non-finite spectrum")
+        round_no = self.round
+        for row, r in zip(x, results, strict=True):
+            self._record(row, r, round_no)
+        self._asked = None
+        _, reason = self._finish_round(round_no)
+        if reason is not None:
+            self.state = "stopped"
+            self.stop_reason = reason
+
+    # ----------------------------------------------------------- live API
+
+    def start(self, now: float) -> list[Decision]:
+        """Begin the live campaign; commands wait for the required drivers' hellos."""
+        if self.state != "waiting" or self._started_at is not None:
+            raise CampaignError(f"start() in state {self.state!r}")
+        self._started_at = now
+        out: list[Decision] = [
+            Note("campaign_started", {"required": list(self.settings.required_roles)})
+        ]
+        out += self._maybe_run(now)
+        return out
+
+    def handle(self, event: Event) -> list[Decision]:
+        """Feed one event; returns the decisions to carry out, in order."""
+        match event:
+            case Tick(now=now):
+                return self._on_tick(now)
+            case DriverUp():
+                return self._on_driver_up(event)
+            case DriverDown():
+                return self._on_driver_down(event)
+            case SetpointAcked():
+                return self._on_setpoint_ack(event)
+            case AcquireAcked():
+                return self._on_acquire_ack(event)
+            case FlowStable():
+                return self._on_flow_stable(event)
+            case SpectrumIn():
+                return self._on_spectrum(event)
+            case PhaseLabelIn():
+                return self._on_label(event)
+        raise CampaignError(f"unknown event {event!r}")
+
+    def driver_seen(self, role: str, now: float) -> None:
+        """Any message from ``role`` counts as a heartbeat."""
+        if role in self._up:
+            self._up[role] = now
+
+    def stop(self, now: float, reason: str, rule: str = "operator") -> list[Decision]:
+        """Stop on request (signal, operator); the pump goes to its safe state."""
+        if self.stopped:
+            return []
+        return self._stop(now, StopReason(rule, reason))
+
+    # ============================================================ internals
+
+    def _propose(self) -> tuple[Batch, dict[str, object]]:
+        s = self.settings
+        data = self.observations
+        first = self.round < s.initial_rounds or len(data) < 2
+        strategy = s.initial_strategy if first else s.strategy
+        notes: dict[str, object] = {}
+        try:
+            batch = strategy.propose(self.space, data, s.batch_size, self.rng)
+        except StrategyError as exc:
+            if strategy is s.initial_strategy:
+                raise
+            notes["fallback"] = f"{strategy.name} failed: {exc}; used {s.initial_strategy.name}"
+            batch = s.initial_strategy.propose(self.space, data, s.batch_size, self.rng)
+        ok = self.space.is_feasible(batch.x, in_box=False)
+        if not np.all(ok):  # never let a strategy bug reach the pump
+            raise CampaignError(f"strategy {strategy.name} proposed infeasible points")
+        self._round_ids.append([])
+        notes.update(batch.notes)
+        return batch, notes
+
+    def _record(self, x: np.ndarray, r: Result, round_no: int) -> None:
+        self._x.append(np.asarray(x, dtype=float))
+        self._loss.append(float(r.loss))
+        self._loss_sd.append(float(r.loss_sd))
+        self._spectra.append(None if r.spectrum is None else np.asarray(r.spectrum, float))
+        self._obs_round.append(round_no)
+
+    def _finish_round(self, round_no: int) -> tuple[list[Decision], StopReason | None]:
+        """After a round's results are in: best so far, boundary expansion, stop rules."""
+        self.rounds_complete += 1
+        out: list[Decision] = []
+        if self._loss:
+            self.best_by_round.append(min(self._loss))
+        if self.settings.expansion is not None:
+            new_space, changes = self.settings.expansion(
+                self.space, self.observations, self._proposals, round_no
+            )
+            self.space = new_space
+            for ch in changes:
+                self.expansions.append(ch)
+                out.append(Announce("boundary_expanded", _expansion_fields(ch, round_no)))
+                out.append(Note("boundary_expanded", _expansion_fields(ch, round_no)))
+        return out, self.settings.stop_rule(self.progress())
+
+    # --- live: round and condition flow -------------------------------------
+
+    def _maybe_run(self, now: float) -> list[Decision]:
+        if self.state in ("stopped",):
+            return []
+        missing = [r for r in self.settings.required_roles if r not in self._up]
+        if missing:
+            if self.state == "running":
+                self.state = "paused"
+                return [Note("campaign_paused", {"missing": missing}, "warning")]
+            return []
+        out: list[Decision] = []
+        if self.state in ("waiting", "paused"):
+            out.append(Note("campaign_running", {"was": self.state}))
+            self.state = "running"
+            out += self._resume_pending(now)
+        if self._active is None:
+            out += self._next_condition(now)
+        return out
+
+    def _next_condition(self, now: float) -> list[Decision]:
+        out: list[Decision] = []
+        if not self._queue:
+            if self.stopped:
+                return out
+            out += self._new_round(now)
+            if self.stopped or not self._queue:
+                return out
+        cid = self._queue.pop(0)
+        self._active = cid
+        out += self._send_setpoint(self.conditions[cid], now)
+        return out
+
+    def _new_round(self, now: float) -> list[Decision]:
+        try:
+            recipes = self.ask()
+        except (StrategyError, CampaignError) as exc:
+            return self._stop(now, StopReason("no_proposal", f"could not propose: {exc}"))
+        round_no = self.round
+        out: list[Decision] = []
+        notes = self._notes_last_proposal
+        if "fallback" in notes:
+            out.append(Note("strategy_fallback", {"round": round_no, **notes}, "warning"))
+        proposed = []
+        for i, (recipe, tag) in enumerate(zip(recipes, self._asked_tags, strict=True)):
+            cid = f"r{round_no:02d}-c{i + 1:02d}"
+            # without a channel map the pump's channels are the recipe's parameters
+            channels = self.space.channels
+            flows = channels.flows(recipe) if channels is not None else dict(recipe)
+            self.conditions[cid] = ConditionRecord(
+                cid, round_no, i, recipe, tag, flows, state_since=now
+            )
+            self._round_ids[-1].append(cid)
+            self._queue.append(cid)
+            proposed.append({"condition": cid, "recipe": recipe, "strategy": tag})
+        out.append(Announce("proposal", {"round": round_no, "conditions": proposed}))
+        out.append(
+            Note(
+                "round_proposed",
+                {"round": round_no, "n": len(recipes), "box": self._box(), **notes},
+            )
+        )
+        return out
+
+    def _send_setpoint(self, rec: ConditionRecord, now: float) -> list[Decision]:
+        rec.attempt += 1
+        rec.cmd_id = f"{self.settings.campaign_id}.{rec.condition}.a{rec.attempt}"
+        rec.replicates = None
+        rec.n_requested = rec.n_commands = 0
+        self._set_state(rec, "setting", now)
+        d = SendSetpoint(rec.cmd_id, rec.condition, dict(rec.flows), rec.attempt)
+        return [self._command(d, self.settings.pump_role, now)]
+
+    def _command(
+        self, d: SendSetpoint | SendAcquire | SendSafeState, role: str, now: float
+    ) -> SendSetpoint | SendAcquire | SendSafeState:
+        self._pending[d.cmd_id] = _Pending(d, role, now, self.settings.resend_initial_s)
+        return d
+
+    def _acquire(self, rec: ConditionRecord, role: str, n: int, now: float) -> SendAcquire:
+        cmd_id = f"{rec.cmd_id}.{role}.{rec.n_commands}"
+        rec.n_commands += 1
+        self._acquire_owner[cmd_id] = rec.condition
+        if role == self.settings.spectrometer_role:
+            rec.n_requested += n
+        d = SendAcquire(cmd_id, role, rec.condition, n, rec.attempt)
+        self._command(d, role, now)
+        return d
+
+    def _set_state(self, rec: ConditionRecord, state: str, now: float) -> None:
+        legal = _TRANSITIONS.get(rec.state, ())
+        if state not in legal:
+            raise CampaignError(f"{rec.condition}: illegal transition {rec.state} -> {state}")
+        rec.state = state
+        rec.state_since = now
+
+    def _complete(self, rec: ConditionRecord, now: float) -> list[Decision]:
+        assert rec.replicates is not None
+        st = rec.replicates.status()
+        rec.median_loss = st.median_loss
+        rec.loss_sd = st.loss_sd
+        rec.median_spectrum = st.median_spectrum
+        rec.n_used = st.n_used
+        rec.n_rejected = st.n_outliers
+        self._set_state(rec, "complete", now)
+        self._drop_pending(rec.condition)
+        out: list[Decision] = [
+            Announce(
+                "condition_complete",
+                {
+                    "round": rec.round,
+                    "condition": rec.condition,
+                    "status": "complete",
+                    "n_used": st.n_used,
+                    "n_rejected": st.n_outliers,
+                    "median_loss": st.median_loss,
+                    "loss_sd": st.loss_sd,
+                    "reason": st.reason,
+                },
+            )
+        ]
+        return out + self._condition_done(rec, now)
+
+    def _fail(self, rec: ConditionRecord, now: float, why: str) -> list[Decision]:
+        rec.failure = why
+        self._set_state(rec, "failed", now)
+        self._drop_pending(rec.condition)
+        out: list[Decision] = [
+            Announce(
+                "condition_complete",
+                {
+                    "round": rec.round,
+                    "condition": rec.condition,
+                    "status": "failed",
+                    "n_used": rec.replicates.status().n_used if rec.replicates else 0,
+                    "reason": why,
+                },
+            ),
+            Note("condition_failed", {"condition": rec.condition, "reason": why}, "warning"),
+        ]
+        return out + self._condition_done(rec, now)
+
+    def _condition_done(self, rec: ConditionRecord, now: float) -> list[Decision]:
+        self._active = None
+        out: list[Decision] = []
+        ids = self._round_ids[rec.round - 1]
+        recs = [self.conditions[c] for c in ids]
+        if all(r.state in ("complete", "failed") for r in recs):
+            out += self._round_done(rec.round, recs, now)
+        if self.state == "running":
+            out += self._next_condition(now)
+        return out
+
+    def _round_done(self, round_no: int, recs: list[ConditionRecord], now: float) -> list[Decision]:
+        done = [r for r in recs if r.state == "complete" and r.median_loss is not None]
+        # tell() the completed conditions; failed ones are not data.
+        [r.recipe for r in done]
+        results = [
+            Result(
+                loss=float(r.median_loss),  # type: ignore[arg-type]
+                loss_sd=math.nan if r.loss_sd is None else float(r.loss_sd),
+                spectrum=r.median_spectrum,
+                n_used=r.n_used,
+            )
+            for r in done
+        ]
+        for r, res in zip(done, results, strict=True):
+            self._record(self.space.to_array([r.recipe])[0], res, round_no)
+        self._asked = None
+        out, reason = self._finish_round(round_no)
+        best = self.best
+        out.insert(
+            0,
+            Announce(
+                "round_complete",
+                {
+                    "round": round_no,
+                    "best_loss": None if best is None else best[1],
+                    "best_condition": self._best_condition(),
+                    "n_complete": len(done),
+                    "n_failed": len(recs) - len(done),
+                },
+            ),
+        )
+        if reason is not None:
+            out += self._stop(now, reason)
+        return out
+
+    def _stop(self, now: float, reason: StopReason) -> list[Decision]:
+        self.state = "stopped"
+        self.stop_reason = reason
+        self._queue.clear()
+        self._pending.clear()
+        best = self.best
+        safe = SendSafeState(
+            f"{self.settings.campaign_id}.safe.{len(self._round_ids)}",
+            f"campaign stopped: {reason.rule}",
+            1,
+        )
+        out: list[Decision] = [
+            Announce(
+                "campaign_stopped",
+                {
+                    "reason": reason.reason,
+                    "rule": reason.rule,
+                    "rounds": self.rounds_complete,
+                    "conditions": len(self._loss),
+                    "best_loss": None if best is None else best[1],
+                    "best_condition": self._best_condition(),
+                },
+            ),
+            Note(
+                "campaign_stopped",
+                {"rule": reason.rule, "reason": reason.reason, **reason.numbers},
+            ),
+        ]
+        if self.settings.pump_role in self._up:
+            out.append(self._command(safe, self.settings.pump_role, now))
+        return out
+
+    # --- live: event handlers -------------------------------------------------
+
+    def _on_tick(self, now: float) -> list[Decision]:
+        out: list[Decision] = []
+        timeout = self.settings.heartbeat_timeout_s
+        for role, seen in list(self._up.items()):
+            if now - seen > timeout:
+                out += self._on_driver_down(DriverDown(role, now))
+        if self.state != "running":
+            return out
+        for p in list(self._pending.values()):
+            if now - p.sent_at >= p.interval and p.role in self._up:
+                p.sent_at = now
+                p.interval = min(p.interval * 2, self.settings.resend_max_s)
+                out.append(p.decision)
+        if self._active is not None:
+            rec = self.conditions[self._active]
+            out += self._check_timeouts(rec, now)
+        return out
+
+    def _check_timeouts(self, rec: ConditionRecord, now: float) -> list[Decision]:
+        s = self.settings
+        stuck = rec.state in ("setting", "settling") and now - rec.state_since > s.settle_timeout_s
+        measuring = rec.state == "measuring" and rec.replicates is not None
+        timed_out = measuring and rec.replicates.timed_out(now)  # type: ignore[union-attr]
+        if not (stuck or timed_out):
+            return []
+        what = "pump did not settle" if stuck else "replicates timed out"
+        if rec.attempt <= s.replicates.retries:
+            self._drop_pending(rec.condition)
+            note = Note(
+                "condition_retry",
+                {"condition": rec.condition, "attempt": rec.attempt + 1, "reason": what},
+                "warning",
+            )
+            self._set_state(rec, "queued", now)
+            return [note, *self._send_setpoint(rec, now)]
+        return self._fail(rec, now, f"{what} after {rec.attempt} attempts")
+
+    def _on_driver_up(self, ev: DriverUp) -> list[Decision]:
+        was_up = ev.role in self._up
+        self._up[ev.role] = ev.now
+        out: list[Decision] = [Note("driver_up", {"role": ev.role, "again": was_up})]
+        return out + self._maybe_run(ev.now)
+
+    def _on_driver_down(self, ev: DriverDown) -> list[Decision]:
+        if ev.role not in self._up:
+            return []
+        del self._up[ev.role]
+        out: list[Decision] = [Note("driver_down", {"role": ev.role}, "warning")]
+        if ev.role in self.settings.required_roles:
+            out += self._maybe_run(ev.now)
+        return out
+
+    def _resume_pending(self, now: float) -> list[Decision]:
+        """After a pause: resend what is still unacknowledged, now."""
+        out: list[Decision] = []
+        for p in self._pending.values():
+            p.sent_at = now
+            p.interval = self.settings.resend_initial_s
+            out.append(p.decision)
+        return out
+
+    def _on_setpoint_ack(self, ev: SetpointAcked) -> list[Decision]:
+        p = self._pending.pop(ev.cmd_id, None)
+        if p is None:
+            return [Note("ack_ignored", {"cmd_id": ev.cmd_id, "reason": "no such pending command"})]
+        if isinstance(p.decision, SendSafeState):
+            return [Note("safe_state_acked", {"cmd_id": ev.cmd_id, "accepted": ev.accepted})]
+        rec = self.conditions[p.decision.condition]
+        if rec.cmd_id != ev.cmd_id or rec.state != "setting":
+            return []
+        if not ev.accepted:
+            return self._fail(rec, ev.now, f"pump refused the setpoint: {ev.reason}")
+        self._set_state(rec, "settling", ev.now)
+        return [Note("setpoint_acked", {"condition": rec.condition, "cmd_id": ev.cmd_id})]
+
+    def _on_acquire_ack(self, ev: AcquireAcked) -> list[Decision]:
+        p = self._pending.pop(ev.cmd_id, None)
+        if p is None or ev.accepted:
+            return []
+        cid = self._acquire_owner.get(ev.cmd_id, "")
+        return [
+            Note(
+                "acquire_refused",
+                {"cmd_id": ev.cmd_id, "condition": cid, "reason": ev.reason},
+                "warning",
+            )
+        ]
+
+    def _on_flow_stable(self, ev: FlowStable) -> list[Decision]:
+        if self._active is None:
+            return []
+        rec = self.conditions[self._active]
+        if ev.cmd_id != rec.cmd_id or rec.state not in ("setting", "settling"):
+            return []
+        self._pending.pop(rec.cmd_id, None)  # a stable readback implies the ack
+        if rec.state == "setting":
+            self._set_state(rec, "settling", ev.now)
+        self._set_state(rec, "measuring", ev.now)
+        s = self.settings
+        rec.replicates = ConditionReplicates(
+            rec.condition, s.replicates, s.loss, s.grid, started_at=ev.now
+        )
+        out: list[Decision] = [
+            self._acquire(rec, s.spectrometer_role, s.replicates.per_acquire, ev.now)
+        ]
+        if s.label_role is not None and s.label_role in self._up:
+            out.append(self._acquire(rec, s.label_role, 1, ev.now))
+        return out
+
+    def _on_spectrum(self, ev: SpectrumIn) -> list[Decision]:
+        rec = self.conditions.get(ev.condition)
+        if rec is None or rec.state != "measuring" or rec.replicates is None:
+            why = "unknown condition" if rec is None else f"condition is {rec.state}, not measuring"
+            return [_reject("spectrum", ev.condition, ev.replicate, "not_active", why)]
+        verdict = rec.replicates.add(ev.replicate, ev.values, ev.wl_start, ev.wl_step, ev.now)
+        out: list[Decision] = []
+        if isinstance(verdict, Rejected):
+            out.append(
+                _reject("spectrum", ev.condition, ev.replicate, verdict.code, verdict.reason)
+            )
+        st = rec.replicates.status()
+        for rep, loss, why in st.outliers[rec.n_rejected :]:
+            out.append(
+                Note(
+                    "replicate_outlier",
+                    {"condition": rec.condition, "replicate": rep, "loss": loss, "reason": why},
+                    "warning",
+                )
+            )
+        rec.n_rejected = len(st.outliers)
+        if st.complete:
+            return out + self._complete(rec, ev.now)
+        if st.n_received + st.n_invalid >= rec.n_requested:
+            more = rec.replicates.need_more()
+            if more > 0:
+                out.append(self._acquire(rec, self.settings.spectrometer_role, more, ev.now))
+        return out
+
+    def _on_label(self, ev: PhaseLabelIn) -> list[Decision]:
+        rec = self.conditions.get(ev.condition)
+        if rec is None:
+            return [
+                _reject("phase_label", ev.condition, -1, "unknown_condition", "unknown condition")
+            ]
+        before = rec.phase
+        rec.labels.append((ev.phase, ev.confidence))
+        fields: dict[str, object] = {
+            "condition": ev.condition,
+            "phase": ev.phase,
+            "confidence": ev.confidence,
+            "round": rec.round,
+            "condition_state": rec.state,
+        }
+        level = "info"
+        if before is not None and before[0] != ev.phase:
+            fields["contradicts"] = before[0]
+            fields["using"] = rec.phase[0] if rec.phase else ev.phase
+            level = "warning"
+        return [Note("phase_label", fields, level)]
+
+    def _drop_pending(self, condition: str) -> None:
+        for cmd_id, p in list(self._pending.items()):
+            if getattr(p.decision, "condition", None) == condition:
+                del self._pending[cmd_id]
+
+    def _best_condition(self) -> str:
+        """Id of the live condition with the lowest median loss ("" if none)."""
+        done = [c for c in self.conditions.values() if c.median_loss is not None]
+        return min(done, key=lambda c: float(c.median_loss)).condition if done else ""  # type: ignore[arg-type]
+
+    def _box(self) -> dict[str, list[float]]:
+        return {p.name: [p.lower, p.upper] for p in self.space.parameters}
+
+
+_TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "queued": ("setting",),
+    "setting": ("settling", "failed", "queued"),
+    "settling": ("measuring", "failed", "queued"),
+    "measuring": ("complete", "failed", "queued"),
+    "complete": (),
+    "failed": (),
+}
+
+
+def _reject(kind: str, condition: str, replicate: int, code: str, why: str) -> Note:
+    return Note(
+        "message_rejected",
+        {"kind": kind, "condition": condition, "replicate": replicate, "code": code, "reason": why},
+        "warning",
+    )
+
+
+def _expansion_fields(ch: Any, round_no: int) -> dict[str, object]:
+    return {
+        "round": round_no,
+        "parameter": ch.parameter,
+        "face": ch.face,
+        "old_bounds": list(ch.old_bounds),
+        "new_bounds": list(ch.new_bounds),
+        "reason": ch.reason,
+    }

@@ -1,0 +1,468 @@
+"""The asyncio shell around the campaign: sockets, timers, signals, the clock.
+
+It holds no rules of its own: it turns wire messages into core events, feeds
+them to :class:`~agent.core.campaign.Campaign`, and carries out the decisions
+that come back (send a command, publish a status event, write a log record).
+
+One coroutine owns one socket: ``_commands`` the ROUTER (driver hellos, acks,
+heartbeats), ``_events`` the SUB (measurements), and the status PUB is written
+only from the loop that executes decisions. Every socket has linger set and is
+closed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import structlog
+import zmq
+import zmq.asyncio
+
+from agent.core.campaign import Campaign
+from agent.core.events import (
+    AcquireAcked,
+    Announce,
+    Decision,
+    DriverUp,
+    Event,
+    FlowStable,
+    Note,
+    PhaseLabelIn,
+    SendAcquire,
+    SendSafeState,
+    SendSetpoint,
+    SetpointAcked,
+    SpectrumIn,
+    Tick,
+)
+from agent.core.sequence import SequenceTracker
+from protocols import messages as m
+from protocols.codec import DEFAULT_MAX_BYTES, decode, encode
+from protocols.errors import CodecError
+from protocols.sockets import Endpoints, configure
+
+__all__ = ["AgentRuntime", "Clock", "Counters", "MonotonicClock"]
+
+log = structlog.get_logger("sdl_agent")
+
+_DRIVER_KINDS = {"hello", "heartbeat", "setpoint_ack", "acquire_ack", "fault"}
+_MEASUREMENT_KINDS = {"flow_readback", "spectrum", "phase_label", "heartbeat", "fault"}
+
+
+class Clock(Protocol):
+    """Where the runtime reads time; injected so tests can drive it."""
+
+    def now(self) -> float: ...
+
+
+class MonotonicClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+
+@dataclass
+class Counters:
+    """What the runtime counted; exposed for tests, the monitor and benchmarks."""
+
+    received: int = 0
+    rejected: int = 0
+    rejected_by_code: dict[str, int] = field(default_factory=dict)
+    gaps: int = 0
+    missing: int = 0
+    sent: int = 0
+
+
+class AgentRuntime:
+    """Runs one campaign over the bus until it stops or is told to.
+
+    Args:
+        campaign: the core state machine.
+        endpoints: where to bind (see :mod:`protocols.sockets`).
+        clock: time source for the core (default: monotonic).
+        heartbeat_interval: seconds between the agent's heartbeats to drivers.
+        tick_interval: seconds between timer checks of the core.
+        drain_s: after the campaign stops, how long to wait for the safe-state
+            ack and late phase labels before closing.
+        on_status: called with every status message published (the demo prints
+            progress from it).
+    """
+
+    def __init__(
+        self,
+        campaign: Campaign,
+        endpoints: Endpoints,
+        *,
+        clock: Clock | None = None,
+        heartbeat_interval: float = 0.5,
+        tick_interval: float = 0.02,
+        drain_s: float = 2.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        on_status: Callable[[m.Message], None] | None = None,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.campaign = campaign
+        self.endpoints = endpoints
+        self.clock = clock or MonotonicClock()
+        self.heartbeat_interval = heartbeat_interval
+        self.tick_interval = tick_interval
+        self.drain_s = drain_s
+        self.max_bytes = max_bytes
+        self.on_status = on_status
+        self.counters = Counters()
+        self.session = m.new_id()
+        self._ctx = context or zmq.asyncio.Context.instance()
+        self._seq = SequenceTracker()
+        self._out_seq = {"commands": 0, "status": 0}
+        self._identity: dict[str, bytes] = {}  # role -> ROUTER identity
+        self._role_of: dict[str, str] = {}  # source -> role
+        self._stop_requested = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._router: zmq.asyncio.Socket | None = None
+        self._sub: zmq.asyncio.Socket | None = None
+        self._pub: zmq.asyncio.Socket | None = None
+        self.bound = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    # ---------------------------------------------------------------- public
+
+    def request_stop(self, reason: str = "operator request") -> None:
+        """Ask the campaign to stop (idempotent); the pump is put in its safe state."""
+        self._stop_reason = reason
+        self._stop_requested.set()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Wait until ``predicate()`` holds, re-checked after every message handled.
+
+        Raises:
+            TimeoutError: not within ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await self._changed.wait()
+
+    async def run(self, *, install_signals: bool = True) -> None:
+        """Bind, run until the campaign stops (or a stop is requested), drain, close."""
+        structlog.contextvars.bind_contextvars(campaign_id=self.campaign.settings.campaign_id)
+        self._router = configure(self._ctx.socket(zmq.ROUTER), max_bytes=self.max_bytes)
+        self._sub = configure(self._ctx.socket(zmq.SUB), max_bytes=self.max_bytes)
+        self._pub = configure(self._ctx.socket(zmq.PUB), max_bytes=self.max_bytes)
+        self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted driver takes its name back
+        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.request_stop, f"signal {sig.name}")
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            self._router.bind(self.endpoints.commands)
+            self._sub.bind(self.endpoints.events)
+            self._pub.bind(self.endpoints.status)
+            log.info("agent_bound", **self.endpoints.__dict__)
+            self.bound.set()
+            self._execute(self.campaign.start(self.clock.now()))
+            tasks = [
+                asyncio.create_task(self._commands(), name="commands"),
+                asyncio.create_task(self._events(), name="events"),
+                asyncio.create_task(self._ticker(), name="ticker"),
+            ]
+            stop_wait = asyncio.create_task(self._stop_requested.wait())
+            done_wait = asyncio.create_task(self._stopped.wait())
+            await asyncio.wait([stop_wait, done_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in tasks:  # a crashed socket task is a bug: surface it
+                if t.done() and not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+            if self._stop_requested.is_set() and not self.campaign.stopped:
+                reason = getattr(self, "_stop_reason", "operator request")
+                self._execute(self.campaign.stop(self.clock.now(), reason, rule="operator"))
+            await self._drain()
+            stop_wait.cancel()
+            done_wait.cancel()
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            if install_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+            for s in (self._router, self._sub, self._pub):
+                if s is not None:
+                    s.close(linger=0)
+            log.info(
+                "agent_closed",
+                received=self.counters.received,
+                rejected=self.counters.rejected,
+                gaps=self.counters.gaps,
+                missing=self.counters.missing,
+            )
+
+    # ---------------------------------------------------------- socket owners
+
+    async def _commands(self) -> None:
+        assert self._router is not None
+        while True:
+            frames = await self._router.recv_multipart()
+            if len(frames) < 2:
+                self._reject(None, "commands", "malformed", "no identity frame")
+                continue
+            identity, rest = frames[0], frames[1:]
+            self._on_frames(rest, "commands", identity)
+
+    async def _events(self) -> None:
+        assert self._sub is not None
+        while True:
+            frames = await self._sub.recv_multipart()
+            self._on_frames(frames, "events", None)
+
+    async def _ticker(self) -> None:
+        next_beat = 0.0
+        while not self._stopped.is_set():
+            now = self.clock.now()
+            if now >= next_beat:
+                next_beat = now + self.heartbeat_interval
+                for role in list(self._identity):
+                    self._send(role, m.Heartbeat(**self._env("commands")))
+            self._execute(self.campaign.handle(Tick(now)))
+            await asyncio.sleep(self.tick_interval)
+
+    # ------------------------------------------------------------ inbound
+
+    def _on_frames(self, frames: list[bytes], stream: str, identity: bytes | None) -> None:
+        self.counters.received += 1
+        try:
+            msg = decode(frames, max_bytes=self.max_bytes)
+        except CodecError as exc:
+            self._reject(identity, stream, exc.code, str(exc))
+            return
+        if identity is not None and msg.source.encode() != identity:
+            self._reject(
+                identity,
+                stream,
+                "identity_mismatch",
+                f"source {msg.source!r} does not match its socket identity",
+            )
+            return
+        allowed = _DRIVER_KINDS if stream == "commands" else _MEASUREMENT_KINDS
+        if msg.kind not in allowed:
+            self._reject(
+                identity,
+                stream,
+                "unexpected_kind",
+                f"the agent does not accept {msg.kind!r} on {stream}",
+                msg,
+            )
+            return
+        if isinstance(msg, m.Hello):
+            self._seq.reset(f"{msg.source}/commands")
+            self._seq.reset(f"{msg.source}/events")
+        verdict = self._seq.observe(f"{msg.source}/{stream}", msg.seq)
+        if not verdict.accepted:
+            self._reject(
+                identity, stream, "duplicate", f"seq {msg.seq} from {msg.source} already seen", msg
+            )
+            return
+        if verdict.status == "gap":
+            self.counters.gaps += 1
+            self.counters.missing += verdict.missing
+            log.warning(
+                "sequence_gap",
+                source=msg.source,
+                stream=stream,
+                seq=msg.seq,
+                missing=verdict.missing,
+            )
+        now = self.clock.now()
+        role = self._role_of.get(msg.source, msg.source)
+        if not isinstance(msg, m.Hello) and identity is not None and role not in self._identity:
+            # A driver we have no hello from (we restarted?): greet it, it answers hello.
+            self._greet(identity)
+            self.campaign.driver_seen(role, now)
+            return
+        self.campaign.driver_seen(role, now)
+        event = self._to_event(msg, identity, now)
+        if event is not None:
+            self._execute(self.campaign.handle(event))
+
+    def _to_event(self, msg: m.Message, identity: bytes | None, now: float) -> Event | None:
+        match msg:
+            case m.Hello():
+                self._identity[msg.role] = msg.source.encode()
+                self._role_of[msg.source] = msg.role
+                log.info(
+                    "driver_hello",
+                    source=msg.source,
+                    role=msg.role,
+                    session=msg.session,
+                    instrument=msg.instrument,
+                )
+                self._send(msg.role, m.Heartbeat(**self._env("commands")))  # "heard you"
+                return DriverUp(msg.role, now)
+            case m.SetpointAck():
+                return SetpointAcked(msg.cmd_id, msg.accepted, msg.reason, now)
+            case m.AcquireAck():
+                return AcquireAcked(msg.cmd_id, msg.accepted, msg.reason, now)
+            case m.FlowReadback(stable=True):
+                return FlowStable(msg.cmd_id, msg.condition, now)
+            case m.Spectrum():
+                values = np.fromiter(msg.values, dtype=float, count=len(msg.values))
+                return SpectrumIn(
+                    msg.condition, msg.replicate, values, msg.wl_start, msg.wl_step, now, msg.source
+                )
+            case m.PhaseLabel():
+                return PhaseLabelIn(msg.condition, msg.phase, msg.confidence, now, msg.source)
+            case m.Fault():
+                log.error(
+                    "driver_fault",
+                    source=msg.source,
+                    code=msg.code,
+                    detail=msg.detail,
+                    severity=msg.severity,
+                )
+        return None
+
+    def _reject(
+        self,
+        identity: bytes | None,
+        stream: str,
+        code: str,
+        reason: str,
+        msg: m.Message | None = None,
+    ) -> None:
+        self.counters.rejected += 1
+        self.counters.rejected_by_code[code] = self.counters.rejected_by_code.get(code, 0) + 1
+        fields: dict[str, Any] = {"stream": stream, "code": code, "reason": reason}
+        if identity is not None:
+            fields["peer"] = identity[:64].decode("utf-8", "replace")
+        if msg is not None:
+            fields.update(kind=msg.kind, source=msg.source, seq=msg.seq)
+        log.warning("message_rejected", **fields)
+
+    # ------------------------------------------------------------ outbound
+
+    def _execute(self, decisions: list[Decision]) -> None:
+        for d in decisions:
+            match d:
+                case SendSetpoint():
+                    self._send(
+                        "pump",
+                        m.Setpoint(
+                            cmd_id=d.cmd_id,
+                            condition=d.condition,
+                            flows=d.flows,
+                            **self._env("commands"),
+                        ),
+                    )
+                    log.info(
+                        "setpoint_sent",
+                        **self._ctx_of(d.condition),
+                        cmd_id=d.cmd_id,
+                        attempt=d.attempt,
+                        flows=d.flows,
+                    )
+                case SendAcquire():
+                    self._send(
+                        d.role,
+                        m.Acquire(
+                            cmd_id=d.cmd_id, condition=d.condition, n=d.n, **self._env("commands")
+                        ),
+                    )
+                    log.info(
+                        "acquire_sent",
+                        **self._ctx_of(d.condition),
+                        role=d.role,
+                        cmd_id=d.cmd_id,
+                        n=d.n,
+                    )
+                case SendSafeState():
+                    self._send(
+                        "pump",
+                        m.SafeState(cmd_id=d.cmd_id, reason=d.reason, **self._env("commands")),
+                    )
+                    log.info("safe_state_sent", cmd_id=d.cmd_id, reason=d.reason)
+                case Announce():
+                    self._publish(d)
+                case Note():
+                    fields = dict(d.fields)
+                    cond = fields.pop("condition", None)
+                    ctx = self._ctx_of(cond) if isinstance(cond, str) else {}
+                    ctx.update(fields)
+                    getattr(log, d.level)(d.event, **ctx)
+        if self.campaign.stopped and not self._stopped.is_set():
+            self._stopped.set()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _send(self, role: str, msg: m.Message) -> None:
+        identity = self._identity.get(role)
+        if identity is None or self._router is None:
+            log.warning(
+                "command_not_sent", role=role, kind=msg.kind, reason="no hello from this driver yet"
+            )
+            return
+        try:
+            self._router.send_multipart([identity, *encode(msg)], flags=zmq.NOBLOCK)
+            self.counters.sent += 1
+        except zmq.ZMQError as exc:  # peer gone or HWM: the core resends until acked
+            log.warning("command_send_failed", role=role, kind=msg.kind, reason=str(exc))
+
+    def _greet(self, identity: bytes) -> None:
+        if self._router is None:
+            return
+        hello = m.Hello(
+            role="agent", session=self.session, instrument="sdl-agent", **self._env("commands")
+        )
+        with contextlib.suppress(zmq.ZMQError):
+            self._router.send_multipart([identity, *encode(hello)], flags=zmq.NOBLOCK)
+
+    def _publish(self, d: Announce) -> None:
+        fields = dict(d.fields)
+        if d.kind == "proposal":
+            fields["conditions"] = [m.ProposedCondition(**c) for c in fields["conditions"]]
+        msg = m.MESSAGE_ADAPTER.validate_python({"kind": d.kind, **fields, **self._env("status")})
+        if self._pub is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._pub.send_multipart(encode(msg), flags=zmq.NOBLOCK)
+        cond = fields.get("condition")
+        record = self._ctx_of(cond) if isinstance(cond, str) else {}
+        record.update((k, v) for k, v in fields.items() if k != "conditions")
+        log.info(d.kind, **record)
+        if self.on_status is not None:
+            self.on_status(msg)
+
+    def _env(self, stream: str) -> dict[str, Any]:
+        seq = self._out_seq[stream]
+        self._out_seq[stream] = seq + 1
+        return {
+            "msg_id": m.new_id(),
+            "source": "agent",
+            "seq": seq,
+            "ts": time.time(),
+            "campaign": self.campaign.settings.campaign_id,
+        }
+
+    def _ctx_of(self, condition: str | None) -> dict[str, Any]:
+        if condition is None:
+            return {}
+        rec = self.campaign.conditions.get(condition)
+        return {"round": rec.round if rec else None, "condition": condition}
+
+    async def _drain(self) -> None:
+        """Give the safe-state ack and late labels up to ``drain_s`` to arrive."""
+        with contextlib.suppress(TimeoutError):
+            await self.wait_until(lambda: not self._waiting_for_labels(), self.drain_s)
+
+    def _waiting_for_labels(self) -> bool:
+        role = self.campaign.settings.label_role
+        if role is None or role not in self._identity:
+            return False
+        return any(
+            not c.labels and c.state == "complete" for c in self.campaign.conditions.values()
+        )

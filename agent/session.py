@@ -1,0 +1,137 @@
+"""One live campaign from config to CSV: what ``sdl-agent run`` and the demo share."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.config import CampaignConfig
+from agent.core.campaign import Campaign
+from agent.runtime import AgentRuntime
+from protocols import messages as m
+from protocols.sockets import Endpoints
+
+__all__ = ["CampaignOutcome", "run_campaign", "write_conditions_csv"]
+
+
+@dataclass
+class CampaignOutcome:
+    """What a finished live campaign leaves behind."""
+
+    campaign: Campaign
+    runtime: AgentRuntime
+    initial_box: dict[str, tuple[float, float]]
+    csv_path: Path
+    seconds: float
+
+    def summary(self) -> str:
+        c = self.campaign
+        recs = list(c.conditions.values())
+        done = [r for r in recs if r.state == "complete"]
+        failed = [r for r in recs if r.state == "failed"]
+        lines = [
+            f"campaign {c.settings.campaign_id}: stopped "
+            f"({c.stop_reason.rule if c.stop_reason else 'not stopped'}: "
+            f"{c.stop_reason.reason if c.stop_reason else ''})",
+            f"  rounds {c.rounds_complete}, conditions {len(done)} complete / "
+            f"{len(failed)} failed, {sum(r.n_used for r in done)} replicates used, "
+            f"{sum(r.n_rejected for r in done)} outliers rejected, "
+            f"{self.seconds:.1f} s",
+        ]
+        best = min(done, key=lambda r: float(r.median_loss or math.inf), default=None)
+        if best is not None:
+            recipe = ", ".join(f"{k}={v:.3g}" for k, v in best.recipe.items())
+            phase = best.phase
+            lines.append(
+                f"  best median loss {best.median_loss:.4f} at {best.condition} "
+                f"({best.strategy}): {recipe}"
+                + (f"; phase {phase[0]} ({phase[1]:.2f})" if phase else "")
+            )
+        per_round = ", ".join(f"{x:.3f}" for x in c.best_by_round)
+        lines.append(f"  best loss after each round: {per_round}")
+        widened = []
+        for p in c.space.parameters:
+            lo, hi = self.initial_box[p.name]
+            if (p.lower, p.upper) != (lo, hi):
+                widened.append(f"{p.name} [{lo:g}, {hi:g}] -> [{p.lower:.3g}, {p.upper:.3g}]")
+        lines.append("  box widened: " + ("; ".join(widened) if widened else "no"))
+        rt = self.runtime.counters
+        lines.append(
+            f"  bus: {rt.received} messages in, {rt.rejected} rejected, "
+            f"{rt.gaps} sequence gaps ({rt.missing} missing)"
+        )
+        lines.append(f"  conditions CSV: {self.csv_path}")
+        return "\n".join(lines)
+
+
+async def run_campaign(
+    cfg: CampaignConfig,
+    *,
+    seed: int,
+    out_dir: Path,
+    on_status: Callable[[m.Message], None] | None = None,
+    drain_s: float = 2.0,
+) -> CampaignOutcome:
+    """Run ``cfg`` live until it stops; write ``conditions.csv`` into ``out_dir``."""
+    campaign = Campaign(cfg.to_settings(), seed=seed)
+    initial_box = {p.name: (p.lower, p.upper) for p in campaign.space.parameters}
+    runtime = AgentRuntime(
+        campaign,
+        Endpoints.from_base(cfg.bus.base),
+        heartbeat_interval=cfg.drivers.heartbeat_interval_s,
+        max_bytes=cfg.bus.max_message_bytes,
+        drain_s=drain_s,
+        on_status=on_status,
+    )
+    t0 = time.perf_counter()
+    await runtime.run()
+    path = await asyncio.to_thread(write_conditions_csv, campaign, out_dir / "conditions.csv")
+    return CampaignOutcome(campaign, runtime, initial_box, path, time.perf_counter() - t0)
+
+
+def write_conditions_csv(campaign: Campaign, path: Path) -> Path:
+    """One row per condition: recipe, replicates used, median loss, phase, status."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = list(campaign.space.names)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            [
+                "condition",
+                "round",
+                "strategy",
+                "status",
+                *names,
+                "n_used",
+                "n_rejected",
+                "median_loss",
+                "loss_sd",
+                "phase",
+                "phase_confidence",
+                "failure",
+            ]
+        )
+        for rec in campaign.conditions.values():
+            phase = rec.phase
+            w.writerow(
+                [
+                    rec.condition,
+                    rec.round,
+                    rec.strategy,
+                    rec.state,
+                    *(f"{rec.recipe[n]:.6g}" for n in names),
+                    rec.n_used,
+                    rec.n_rejected,
+                    "" if rec.median_loss is None else f"{rec.median_loss:.6f}",
+                    "" if rec.loss_sd is None else f"{rec.loss_sd:.6f}",
+                    phase[0] if phase else "",
+                    f"{phase[1]:.3f}" if phase else "",
+                    rec.failure,
+                ]
+            )
+    return path

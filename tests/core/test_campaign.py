@@ -1,0 +1,336 @@
+"""The campaign state machine, driven directly and synchronously (no sockets)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from agent.core.campaign import Campaign, CampaignError, Result, TellError
+from agent.core.events import (
+    AcquireAcked,
+    Announce,
+    DriverDown,
+    DriverUp,
+    FlowStable,
+    Note,
+    PhaseLabelIn,
+    SendAcquire,
+    SendSafeState,
+    SendSetpoint,
+    SetpointAcked,
+    SpectrumIn,
+    Tick,
+)
+from agent.core.testing import TOY_GRID, toy_settings, toy_spectrum
+
+ROLES = ("pump", "spectrometer", "xrd")
+
+
+def of(decisions, kind):
+    return [d for d in decisions if isinstance(d, kind)]
+
+
+def announced(decisions, kind):
+    return [d for d in decisions if isinstance(d, Announce) and d.kind == kind]
+
+
+class Lab:
+    """Answers the campaign's commands at once, as perfect instruments would."""
+
+    def __init__(self, campaign: Campaign, noise: float = 0.0, seed: int = 0) -> None:
+        self.c = campaign
+        self.now = 0.0
+        self.rng = np.random.default_rng(seed)
+        self.noise = noise
+        self.log: list = []
+        self.replicate_k: dict[str, int] = {}
+
+    def feed(self, event) -> list:
+        out = self.c.handle(event)
+        self.log += out
+        return out
+
+    def bring_up(self) -> list:
+        out = self.c.start(self.now)
+        for role in ROLES:
+            out += self.feed(DriverUp(role, self.now))
+        return out
+
+    def serve(self, decisions, max_steps: int = 10_000) -> None:
+        queue = list(decisions)
+        steps = 0
+        while queue and steps < max_steps:
+            steps += 1
+            d = queue.pop(0)
+            self.now += 0.01
+            if isinstance(d, SendSetpoint):
+                queue += self.feed(SetpointAcked(d.cmd_id, True, "", self.now))
+                queue += self.feed(FlowStable(d.cmd_id, d.condition, self.now))
+            elif isinstance(d, SendAcquire) and d.role == "spectrometer":
+                queue += self.feed(AcquireAcked(d.cmd_id, True, "", self.now))
+                recipe = self.c.conditions[d.condition].recipe
+                for _ in range(d.n):
+                    k = self.replicate_k.get(d.condition, 0)
+                    self.replicate_k[d.condition] = k + 1
+                    s = toy_spectrum(recipe) + self.noise * self.rng.standard_normal(TOY_GRID.n)
+                    queue += self.feed(
+                        SpectrumIn(d.condition, k, s, TOY_GRID.start, TOY_GRID.step, self.now)
+                    )
+            elif isinstance(d, SendAcquire) and d.role == "xrd":
+                queue += self.feed(AcquireAcked(d.cmd_id, True, "", self.now))
+                queue += self.feed(PhaseLabelIn(d.condition, "Ag-fcc", 0.9, self.now))
+            elif isinstance(d, SendSafeState):
+                queue += self.feed(SetpointAcked(d.cmd_id, True, "", self.now))
+
+
+# --- offline ask/tell ----------------------------------------------------------
+
+
+def test_ask_tell_runs_the_round_budget_and_stops():
+    c = Campaign(toy_settings(rounds=3), seed=0)
+    rounds = 0
+    while not c.stopped:
+        batch = c.ask()
+        assert len(batch) == 4
+        c.tell(batch, [Result(loss=(r["a"] - 0.7) ** 2) for r in batch])
+        rounds += 1
+    assert rounds == 3
+    assert c.stop_reason.rule == "max_rounds"
+    assert len(c.observations) == 12
+    assert c.best[1] == pytest.approx(min(c.observations.loss))
+    with pytest.raises(CampaignError):
+        c.ask()
+
+
+def test_ask_twice_returns_the_same_batch_and_seed_determines_it():
+    a, b = Campaign(toy_settings(), seed=7), Campaign(toy_settings(), seed=7)
+    assert a.ask() == a.ask() == b.ask()
+    assert Campaign(toy_settings(), seed=8).ask() != b.ask()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda batch, res: (batch[:-1], res), "recipes but"),
+        (lambda batch, res: (batch, [Result(loss=math.nan), *res[1:]]), "non-finite loss"),
+        (lambda batch, res: (batch, [Result(loss=math.inf), *res[1:]]), "non-finite loss"),
+        (lambda batch, res: (batch, [Result(loss=0.1, loss_sd=-1.0), *res[1:]]), "loss_sd"),
+        (
+            lambda batch, res: ([{**batch[0], "a": 5.0}, *batch[1:]], res),
+            "outside hard limits",
+        ),
+        (lambda batch, res: ([{**batch[0], "a": 0.123456}, *batch[1:]], res), "not in the asked"),
+        (lambda batch, res: ([{"a": 0.1}, *batch[1:]], res), "missing"),
+        (
+            lambda batch, res: (batch, [Result(loss=0.1, spectrum=np.array([np.nan])), *res[1:]]),
+            "non-finite spectrum",
+        ),
+    ],
+)
+def test_bad_tell_is_rejected_and_changes_nothing(mutate, message):
+    c = Campaign(toy_settings(), seed=0)
+    batch = c.ask()
+    results = [Result(loss=0.5) for _ in batch]
+    bad_batch, bad_results = mutate(batch, results)
+    with pytest.raises(TellError, match=message):
+        c.tell(bad_batch, bad_results)
+    assert len(c.observations) == 0 and c.rounds_complete == 0
+    c.tell(batch, results)  # the good tell still works afterwards
+    assert c.rounds_complete == 1
+
+
+def test_tell_without_ask_is_an_error():
+    with pytest.raises(TellError, match="without a pending ask"):
+        Campaign(toy_settings(), seed=0).tell([], [])
+
+
+# --- live: the whole loop -------------------------------------------------------
+
+
+def test_no_command_before_every_required_driver_said_hello():
+    c = Campaign(toy_settings(), seed=0)
+    out = c.start(0.0)
+    out += c.handle(DriverUp("pump", 0.0))
+    out += c.handle(DriverUp("spectrometer", 0.0))
+    assert not of(out, SendSetpoint) and not of(out, SendAcquire)
+    out = c.handle(DriverUp("xrd", 0.0))
+    assert len(of(out, SendSetpoint)) == 1
+    assert len(announced(out, "proposal")) == 1
+
+
+def test_live_campaign_runs_every_condition_once_and_stops_safely():
+    c = Campaign(toy_settings(rounds=2), seed=1)
+    lab = Lab(c, noise=0.001)
+    lab.serve(lab.bring_up())
+    assert c.stopped and c.stop_reason.rule == "max_rounds"
+    assert len(c.conditions) == 8
+    assert all(r.state == "complete" for r in c.conditions.values())
+    assert len(announced(lab.log, "condition_complete")) == 8
+    assert len(announced(lab.log, "round_complete")) == 2
+    assert len(announced(lab.log, "campaign_stopped")) == 1
+    setpoints = {d.cmd_id for d in of(lab.log, SendSetpoint)}
+    assert len(setpoints) == 8  # one command id per condition, none reused
+    assert len(of(lab.log, SendSafeState)) == 1
+    assert all(r.phase == ("Ag-fcc", 0.9) for r in c.conditions.values())
+    assert all(3 <= r.n_used <= 6 for r in c.conditions.values())
+    assert len(c.observations) == 8
+
+
+def test_unacked_setpoint_is_resent_with_the_same_id_and_backoff():
+    c = Campaign(toy_settings(), seed=0)
+    out = c.start(0.0)
+    for role in ROLES:
+        out += c.handle(DriverUp(role, 0.0))
+    first = of(out, SendSetpoint)[0]
+    times = []
+    for i in range(1, 99):  # settle timeout is 5 s
+        now = i * 0.05
+        for role in ROLES:
+            c.driver_seen(role, now)
+        resent = of(c.handle(Tick(now)), SendSetpoint)
+        if resent:
+            assert resent[0].cmd_id == first.cmd_id
+            times.append(now)
+    gaps = np.diff([0.0, *times])
+    assert len(times) >= 3
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(gaps))  # backing off
+    for role in ROLES:
+        c.driver_seen(role, 5.2)
+    retry = of(c.handle(Tick(5.2)), SendSetpoint)  # never settled: a fresh attempt
+    assert retry and retry[0].attempt == 2 and retry[0].cmd_id != first.cmd_id
+
+
+def test_refused_setpoint_fails_the_condition_and_moves_on():
+    c = Campaign(toy_settings(), seed=0)
+    out = c.start(0.0)
+    for role in ROLES:
+        out += c.handle(DriverUp(role, 0.0))
+    sp = of(out, SendSetpoint)[0]
+    out = c.handle(SetpointAcked(sp.cmd_id, False, "channel a above 100", 0.1))
+    done = announced(out, "condition_complete")[0]
+    assert done.fields["status"] == "failed" and "channel a above 100" in done.fields["reason"]
+    nxt = of(out, SendSetpoint)
+    assert len(nxt) == 1 and nxt[0].condition != sp.condition
+
+
+@pytest.mark.parametrize(
+    ("event", "code"),
+    [
+        (SpectrumIn("r09-c01", 0, np.zeros(5), 400.0, 10.0, 0.2), "not_active"),
+        (SpectrumIn("r01-c02", 0, np.zeros(5), 400.0, 10.0, 0.2), "not_active"),
+    ],
+)
+def test_replicate_for_a_condition_that_is_not_measuring_is_rejected(event, code):
+    c = Campaign(toy_settings(), seed=0)
+    c.start(0.0)
+    for role in ROLES:
+        c.handle(DriverUp(role, 0.0))
+    out = c.handle(event)
+    notes = [d for d in out if isinstance(d, Note) and d.event == "message_rejected"]
+    assert notes and notes[0].fields["code"] == code and notes[0].fields["reason"]
+
+
+def test_wrong_grid_and_duplicates_are_rejected_with_reasons():
+    c = Campaign(toy_settings(), seed=0)
+    out = c.start(0.0)
+    for role in ROLES:
+        out += c.handle(DriverUp(role, 0.0))
+    sp = of(out, SendSetpoint)[0]
+    c.handle(SetpointAcked(sp.cmd_id, True, "", 0.1))
+    c.handle(FlowStable(sp.cmd_id, sp.condition, 0.2))
+    good = toy_spectrum(c.conditions[sp.condition].recipe)
+    assert not c.handle(SpectrumIn(sp.condition, 0, good, 400.0, 10.0, 0.3))
+    cases = [
+        (SpectrumIn(sp.condition, 0, good, 400.0, 10.0, 0.4), "duplicate"),
+        (SpectrumIn(sp.condition, 1, good[:4], 400.0, 10.0, 0.4), "wrong_grid"),
+        (SpectrumIn(sp.condition, 2, good, 380.0, 1.0, 0.4), "wrong_grid"),
+        (SpectrumIn(sp.condition, 3, good * np.nan, 400.0, 10.0, 0.4), "non_finite"),
+    ]
+    for event, code in cases:
+        notes = [d for d in c.handle(event) if isinstance(d, Note)]
+        assert notes[0].event == "message_rejected" and notes[0].fields["code"] == code
+    assert c.conditions[sp.condition].replicates.status().n_used == 1  # nothing lost
+
+
+def test_silent_driver_pauses_the_campaign_and_its_return_resumes_it():
+    c = Campaign(toy_settings(), seed=0)
+    out = c.start(0.0)
+    for role in ROLES:
+        out += c.handle(DriverUp(role, 0.0))
+    sp = of(out, SendSetpoint)[0]
+    out = c.handle(DriverDown("pump", 1.0))
+    assert c.state == "paused"
+    assert not of(c.handle(Tick(2.0)), SendSetpoint)  # no commands while paused
+    out = c.handle(DriverUp("pump", 3.0))
+    assert c.state == "running"
+    assert [d.cmd_id for d in of(out, SendSetpoint)] == [sp.cmd_id]  # resent, same id
+
+
+def test_heartbeat_timeout_marks_a_driver_down():
+    c = Campaign(toy_settings(), seed=0)
+    c.start(0.0)
+    for role in ROLES:
+        c.handle(DriverUp(role, 0.0))
+    c.driver_seen("pump", 4.0)
+    c.driver_seen("spectrometer", 4.0)
+    out = c.handle(Tick(6.0))  # xrd last seen at 0.0, timeout 5.0
+    assert [d.fields["role"] for d in out if isinstance(d, Note) and d.event == "driver_down"] == [
+        "xrd"
+    ]
+    assert c.state == "paused"
+
+
+def test_stalled_measurement_is_retried_once_then_failed():
+    c = Campaign(toy_settings(), seed=0)
+    out = c.start(0.0)
+    for role in ROLES:
+        out += c.handle(DriverUp(role, 0.0))
+    sp = of(out, SendSetpoint)[0]
+    c.handle(SetpointAcked(sp.cmd_id, True, "", 0.1))
+    c.handle(FlowStable(sp.cmd_id, sp.condition, 0.2))
+
+    def silence_until(t):
+        for role in ROLES:
+            c.driver_seen(role, t)
+        return c.handle(Tick(t))
+
+    out = silence_until(11.0)  # replicate timeout 10 s
+    retry = of(out, SendSetpoint)
+    assert len(retry) == 1 and retry[0].attempt == 2 and retry[0].cmd_id != sp.cmd_id
+    assert retry[0].condition == sp.condition
+    c.handle(SetpointAcked(retry[0].cmd_id, True, "", 11.1))
+    c.handle(FlowStable(retry[0].cmd_id, sp.condition, 11.2))
+    out = silence_until(22.0)
+    done = announced(out, "condition_complete")
+    assert done and done[0].fields["status"] == "failed"
+    assert "timed out after 2 attempts" in done[0].fields["reason"]
+    assert of(out, SendSetpoint)[0].condition != sp.condition  # moved on
+
+
+def test_late_and_contradicting_phase_labels_attach_to_their_condition():
+    c = Campaign(toy_settings(rounds=3), seed=0)
+    lab = Lab(c)
+    lab.serve(lab.bring_up())
+    first = c.conditions["r01-c01"]
+    out = c.handle(PhaseLabelIn("r01-c01", "Ag2O", 0.95, 99.0))
+    note = next(d for d in out if isinstance(d, Note))
+    assert note.fields["contradicts"] == "Ag-fcc" and note.level == "warning"
+    assert first.labels == [("Ag-fcc", 0.9), ("Ag2O", 0.95)]
+    assert first.phase == ("Ag2O", 0.95)
+    out = c.handle(PhaseLabelIn("nope", "Ag-fcc", 0.5, 99.0))
+    assert [d.fields["code"] for d in out if isinstance(d, Note)] == ["unknown_condition"]
+
+
+def test_illegal_transition_raises():
+    c = Campaign(toy_settings(), seed=0)
+    out = c.start(0.0)
+    for role in ROLES:
+        out += c.handle(DriverUp(role, 0.0))
+    rec = c.conditions[of(out, SendSetpoint)[0].condition]
+    with pytest.raises(CampaignError, match="illegal transition setting -> complete"):
+        c._set_state(rec, "complete", 1.0)
+    with pytest.raises(CampaignError):
+        c.start(1.0)
