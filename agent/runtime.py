@@ -119,7 +119,7 @@ class AgentRuntime:
         self.session = m.new_id()
         self._ctx = context or zmq.asyncio.Context.instance()
         self._seq = SequenceTracker()
-        self._out_seq = {"commands": 0, "status": 0}
+        self._out_seq: dict[str, int] = {}
         self._identity: dict[str, bytes] = {}  # role -> ROUTER identity
         self._role_of: dict[str, str] = {}  # source -> role
         self._stop_requested = asyncio.Event()
@@ -229,7 +229,7 @@ class AgentRuntime:
             if now >= next_beat:
                 next_beat = now + self.heartbeat_interval
                 for role in list(self._identity):
-                    self._send(role, m.Heartbeat(**self._env("commands")))
+                    self._send(role, m.Heartbeat(**self._env(role)))
             self._execute(self.campaign.handle(Tick(now)))
             await asyncio.sleep(self.tick_interval)
 
@@ -281,11 +281,12 @@ class AgentRuntime:
             )
         now = self.clock.now()
         role = self._role_of.get(msg.source, msg.source)
-        if not isinstance(msg, m.Hello) and identity is not None and role not in self._identity:
-            # A driver we have no hello from (we restarted?): greet it, it answers hello.
+        if identity is not None and not isinstance(msg, m.Hello) and not self.campaign.is_up(role):
+            # A driver with no current hello (we restarted, or it was counted down):
+            # greet it; it answers with its hello, which brings it (back) up.
             self._greet(identity)
-            self.campaign.driver_seen(role, now)
-            return
+            if role not in self._identity:
+                return
         self.campaign.driver_seen(role, now)
         event = self._to_event(msg, identity, now)
         if event is not None:
@@ -303,7 +304,7 @@ class AgentRuntime:
                     session=msg.session,
                     instrument=msg.instrument,
                 )
-                self._send(msg.role, m.Heartbeat(**self._env("commands")))  # "heard you"
+                self._send(msg.role, m.Heartbeat(**self._env(msg.role)))  # "heard you"
                 return DriverUp(msg.role, now)
             case m.SetpointAck():
                 return SetpointAcked(msg.cmd_id, msg.accepted, msg.reason, now)
@@ -357,7 +358,7 @@ class AgentRuntime:
                             cmd_id=d.cmd_id,
                             condition=d.condition,
                             flows=d.flows,
-                            **self._env("commands"),
+                            **self._env("pump"),
                         ),
                     )
                     log.info(
@@ -371,7 +372,7 @@ class AgentRuntime:
                     self._send(
                         d.role,
                         m.Acquire(
-                            cmd_id=d.cmd_id, condition=d.condition, n=d.n, **self._env("commands")
+                            cmd_id=d.cmd_id, condition=d.condition, n=d.n, **self._env(d.role)
                         ),
                     )
                     log.info(
@@ -384,7 +385,7 @@ class AgentRuntime:
                 case SendSafeState():
                     self._send(
                         "pump",
-                        m.SafeState(cmd_id=d.cmd_id, reason=d.reason, **self._env("commands")),
+                        m.SafeState(cmd_id=d.cmd_id, reason=d.reason, **self._env("pump")),
                     )
                     log.info("safe_state_sent", cmd_id=d.cmd_id, reason=d.reason)
                 case Announce():
@@ -416,8 +417,12 @@ class AgentRuntime:
     def _greet(self, identity: bytes) -> None:
         if self._router is None:
             return
+        peer = identity.decode("utf-8", "replace")
         hello = m.Hello(
-            role="agent", session=self.session, instrument="sdl-agent", **self._env("commands")
+            role="agent",
+            session=self.session,
+            instrument="sdl-agent",
+            **self._env(self._role_of.get(peer, peer)),
         )
         with contextlib.suppress(zmq.ZMQError):
             self._router.send_multipart([identity, *encode(hello)], flags=zmq.NOBLOCK)
@@ -438,7 +443,9 @@ class AgentRuntime:
             self.on_status(msg)
 
     def _env(self, stream: str) -> dict[str, Any]:
-        seq = self._out_seq[stream]
+        """Envelope fields. ``stream`` is ``status`` or the role a command goes to,
+        so that each peer sees its own gap-free sequence."""
+        seq = self._out_seq.get(stream, 0)
         self._out_seq[stream] = seq + 1
         return {
             "msg_id": m.new_id(),

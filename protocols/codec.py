@@ -77,13 +77,13 @@ def decode(frames: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Me
     if size > max_bytes:
         raise OversizedMessage(f"message of {size} bytes exceeds the limit of {max_bytes}")
     try:
-        msg = MESSAGE_ADAPTER.validate_json(body)
+        msg = MESSAGE_ADAPTER.validate_json(body, strict=True)
     except ValidationError as exc:
         raise _classify(exc, body) from None
     except (ValueError, TypeError) as exc:  # pragma: no cover - defensive
         raise MalformedFrames(f"body is not a message: {exc}") from None
-    if bytes(topic) != topic_of(msg):
-        raise TopicMismatch(f"topic {bytes(topic)[:80]!r} does not match body ({topic_of(msg)!r})")
+    if topic != topic_of(msg):
+        raise TopicMismatch(f"topic {topic[:80]!r} does not match body ({topic_of(msg)!r})")
     return msg
 
 

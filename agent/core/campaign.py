@@ -87,9 +87,11 @@ class Expander(Protocol):
 
 @dataclass(frozen=True)
 class Result:
-    """What one condition gave: its median loss, the spread, optionally the spectrum.
+    """What one condition gave: its median loss, its uncertainty, optionally the spectrum.
 
-    ``loss_sd`` is the standard deviation of the median loss (NaN if unknown).
+    ``loss_sd`` is the standard deviation of the *median* loss (the standard
+    error the GP may use as known noise), not the droplet-to-droplet spread;
+    NaN if unknown.
     """
 
     loss: float
@@ -139,7 +141,8 @@ class ConditionRecord:
     state_since: float = 0.0
     replicates: ConditionReplicates | None = None
     median_loss: float | None = None
-    loss_sd: float | None = None
+    loss_sd: float | None = None  # droplet-to-droplet spread (robust)
+    median_sd: float | None = None  # standard error of the median loss
     median_spectrum: np.ndarray | None = None
     n_used: int = 0
     n_rejected: int = 0
@@ -332,6 +335,10 @@ class Campaign:
                 return self._on_label(event)
         raise CampaignError(f"unknown event {event!r}")
 
+    def is_up(self, role: str) -> bool:
+        """Whether ``role`` said hello and has not gone silent since."""
+        return role in self._up
+
     def driver_seen(self, role: str, now: float) -> None:
         """Any message from ``role`` counts as a heartbeat."""
         if role in self._up:
@@ -490,6 +497,7 @@ class Campaign:
         st = rec.replicates.status()
         rec.median_loss = st.median_loss
         rec.loss_sd = st.loss_sd
+        rec.median_sd = st.median_sd
         rec.median_spectrum = st.median_spectrum
         rec.n_used = st.n_used
         rec.n_rejected = st.n_outliers
@@ -549,7 +557,7 @@ class Campaign:
         results = [
             Result(
                 loss=float(r.median_loss),  # type: ignore[arg-type]
-                loss_sd=math.nan if r.loss_sd is None else float(r.loss_sd),
+                loss_sd=math.nan if r.median_sd is None else float(r.median_sd),
                 spectrum=r.median_spectrum,
                 n_used=r.n_used,
             )
@@ -731,16 +739,8 @@ class Campaign:
             out.append(
                 _reject("spectrum", ev.condition, ev.replicate, verdict.code, verdict.reason)
             )
-        st = rec.replicates.status()
-        for rep, loss, why in st.outliers[rec.n_rejected :]:
-            out.append(
-                Note(
-                    "replicate_outlier",
-                    {"condition": rec.condition, "replicate": rep, "loss": loss, "reason": why},
-                    "warning",
-                )
-            )
-        rec.n_rejected = len(st.outliers)
+        st = rec.replicates.status()  # outliers are re-judged as droplets come in
+        rec.n_rejected = st.n_outliers
         if st.complete:
             return out + self._complete(rec, ev.now)
         if st.n_received + st.n_invalid >= rec.n_requested:

@@ -62,9 +62,7 @@ def agnp_loss(
     t = np.asarray(target, dtype=float)
     if s.shape[-1] != t.shape[-1]:
         raise ValueError(f"spectrum has {s.shape[-1]} points, target {t.shape[-1]}")
-    loss = 1.0 - amplitude_gate(s.max(axis=-1), low, high) * cosine_similarity(
-        minmax(t), minmax(s)
-    )
+    loss = 1.0 - amplitude_gate(s.max(axis=-1), low, high) * cosine_similarity(minmax(t), minmax(s))
     return float(loss) if loss.ndim == 0 else loss
 
 
@@ -84,10 +82,24 @@ class AgnpLoss:
     high: float = 1.2
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "target", np.asarray(self.target, dtype=float))
+        object.__setattr__(self, "wavelengths", np.asarray(self.wavelengths, dtype=float))
         if self.target.shape != self.wavelengths.shape or self.target.ndim != 1:
             raise ValueError("target and wavelengths must be 1-D of the same length")
         if not (0 < self.low <= self.high):
             raise ValueError("need 0 < low <= high")
+        unit = minmax(self.target)
+        norm = float(np.linalg.norm(unit))
+        # the scaled target, divided by its norm once (this is the replicate hot path)
+        object.__setattr__(self, "_t_hat", unit / norm if norm > _TINY else unit)
 
     def __call__(self, spectrum: np.ndarray) -> float | np.ndarray:
-        return agnp_loss(spectrum, self.target, self.low, self.high)
+        s = np.asarray(spectrum, dtype=float)
+        if s.shape[-1] != self.target.shape[-1]:
+            raise ValueError(f"spectrum has {s.shape[-1]} points, target {self.target.shape[-1]}")
+        peak = s.max(axis=-1)
+        scaled = minmax(s)
+        norm = np.linalg.norm(scaled, axis=-1)
+        cos = np.where(norm > _TINY, (scaled @ self._t_hat) / np.maximum(norm, _TINY), 0.0)
+        loss = 1.0 - amplitude_gate(peak, self.low, self.high) * cos
+        return float(loss) if loss.ndim == 0 else loss

@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 _EPS = 1e-9
+_FLOW_TOL = 1e-7  # uL/min: flows within this of a limit count as on it
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,9 @@ class Channel:
     (in % of the aqueous flow), or ``100 - sum(other shares)`` when
     ``share == "rest"``; or ``flow = total * ratio`` when ``ratio`` is set
     (e.g. the carrier oil). ``total`` is the recipe parameter holding the total
-    aqueous flow.
+    aqueous flow. Exactly one of ``share`` and ``ratio`` is set. A "rest" flow
+    is not clipped (only rounding noise below 1e-7 is set to 0): shares over
+    100 % give a negative flow, which the channel's ``min_flow`` rejects.
     """
 
     name: str
@@ -99,6 +102,17 @@ class Channel:
     min_flow: float = 0.0
     max_flow: float = float("inf")
 
+    def __post_init__(self) -> None:
+        if (self.share is None) == (self.ratio is None):
+            raise ValueError(f"channel {self.name}: set exactly one of share and ratio")
+        if self.ratio is not None and not (0 <= self.ratio < float("inf")):
+            raise ValueError(f"channel {self.name}: ratio must be finite and >= 0")
+        if not (self.min_flow <= self.max_flow):
+            raise ValueError(
+                f"channel {self.name}: need min_flow <= max_flow, got "
+                f"{self.min_flow} > {self.max_flow}"
+            )
+
 
 @dataclass(frozen=True)
 class ChannelMap:
@@ -106,6 +120,13 @@ class ChannelMap:
 
     total: str
     channels: tuple[Channel, ...]
+
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.channels]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate pump channel names in {names}")
+        if sum(c.share == "rest" for c in self.channels) > 1:
+            raise ValueError("at most one pump channel may take the rest of the flow")
 
     def flows(self, recipe: Mapping[str, float]) -> dict[str, float]:
         """Per-channel flows in uL/min for one recipe.
@@ -122,7 +143,8 @@ class ChannelMap:
             if c.ratio is not None:
                 out[c.name] = total * c.ratio
             elif c.share == "rest":
-                out[c.name] = max(total * (100.0 - used) / 100.0, 0.0)
+                rest = total * (100.0 - used) / 100.0
+                out[c.name] = 0.0 if -_FLOW_TOL < rest < 0.0 else rest
             elif c.share is not None:
                 out[c.name] = total * float(recipe[c.share]) / 100.0
         return out
@@ -141,7 +163,8 @@ class ChannelMap:
             if c.ratio is not None:
                 cols.append(total * c.ratio)
             elif c.share == "rest":
-                cols.append(np.maximum(total * (100.0 - used) / 100.0, 0.0))
+                rest = total * (100.0 - used) / 100.0
+                cols.append(np.where((rest < 0.0) & (rest > -_FLOW_TOL), 0.0, rest))
             else:
                 cols.append(total * x[:, idx[c.share]] / 100.0)
         return np.stack(cols, axis=1)
@@ -258,6 +281,9 @@ class Space:
         ok = np.all(np.isfinite(x), axis=1)
         ok &= np.all((x >= lo - _EPS) & (x <= hi + _EPS), axis=1)
         ok &= np.all((x >= hlo - _EPS) & (x <= hhi + _EPS), axis=1)
+        # rows failing so far are out anyway; zero them so that the products below
+        # raise no floating-point warnings (inf * 0, overflow)
+        x = np.where(ok[:, None], x, 0.0)
         if self.constraints:
             a, b = self.constraint_matrix()
             ok &= np.all(x @ a.T <= b + 1e-7, axis=1)
@@ -278,7 +304,9 @@ class Space:
             if not np.isfinite(v):
                 out.append(f"{p.name} is not finite")
             elif v < p.hard_lower - _EPS or v > p.hard_upper + _EPS:
-                out.append(f"{p.name}={v:g} outside hard limits [{p.hard_lower:g}, {p.hard_upper:g}]")
+                out.append(
+                    f"{p.name}={v:g} outside hard limits [{p.hard_lower:g}, {p.hard_upper:g}]"
+                )
             elif in_box and (v < p.lower - _EPS or v > p.upper + _EPS):
                 out.append(f"{p.name}={v:g} outside the box [{p.lower:g}, {p.upper:g}]")
         for c in self.constraints:
@@ -306,5 +334,5 @@ class Space:
         new = replace(
             p, lower=max(float(lower), p.hard_lower), upper=min(float(upper), p.hard_upper)
         )
-        params = self.parameters[:i] + (new,) + self.parameters[i + 1 :]
+        params = (*self.parameters[:i], new, *self.parameters[i + 1 :])
         return replace(self, parameters=params)
