@@ -25,7 +25,7 @@ import structlog
 import zmq
 import zmq.asyncio
 
-from agent.core.campaign import Campaign
+from agent.core.campaign import Campaign, CampaignError
 from agent.core.events import (
     AcquireAcked,
     Announce,
@@ -35,6 +35,9 @@ from agent.core.events import (
     FlowStable,
     Note,
     PhaseLabelIn,
+    ProposalFailed,
+    ProposalReady,
+    RequestProposal,
     SendAcquire,
     SendSafeState,
     SendSetpoint,
@@ -43,6 +46,7 @@ from agent.core.events import (
     Tick,
 )
 from agent.core.sequence import SequenceTracker
+from agent.core.strategies.base import StrategyError
 from protocols import messages as m
 from protocols.codec import DEFAULT_MAX_BYTES, decode, encode
 from protocols.errors import CodecError
@@ -129,6 +133,7 @@ class AgentRuntime:
         self._pub: zmq.asyncio.Socket | None = None
         self.bound = asyncio.Event()
         self._changed = asyncio.Event()
+        self._proposal_task: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- public
 
@@ -351,6 +356,8 @@ class AgentRuntime:
     def _execute(self, decisions: list[Decision]) -> None:
         for d in decisions:
             match d:
+                case RequestProposal():
+                    self._proposal_task = asyncio.create_task(self._propose(d.round))
                 case SendSetpoint():
                     self._send(
                         "pump",
@@ -400,6 +407,17 @@ class AgentRuntime:
             self._stopped.set()
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    async def _propose(self, round_no: int) -> None:
+        """Fit and optimise in a worker thread so heartbeats and late labels keep flowing."""
+        t0 = time.perf_counter()
+        try:
+            batch, notes = await asyncio.to_thread(self.campaign.propose_batch)
+        except (StrategyError, CampaignError) as exc:
+            self._execute(self.campaign.handle(ProposalFailed(str(exc), self.clock.now())))
+            return
+        log.info("proposal_computed", round=round_no, seconds=round(time.perf_counter() - t0, 3))
+        self._execute(self.campaign.handle(ProposalReady(batch, notes, self.clock.now())))
 
     def _send(self, role: str, msg: m.Message) -> None:
         identity = self._identity.get(role)

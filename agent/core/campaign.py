@@ -46,6 +46,9 @@ from agent.core.events import (
     FlowStable,
     Note,
     PhaseLabelIn,
+    ProposalFailed,
+    ProposalReady,
+    RequestProposal,
     SendAcquire,
     SendSafeState,
     SendSetpoint,
@@ -78,10 +81,18 @@ class TellError(CampaignError, ValueError):
 
 
 class Expander(Protocol):
-    """Boundary expansion: after a round, maybe widen the box."""
+    """Boundary expansion: after a round, maybe widen the box.
+
+    Called with the current space, the proposals of every round so far and the
+    incumbent (best recipe so far) after each round; returns the new space and
+    one record per widened face (see :mod:`agent.core.expansion`).
+    """
 
     def __call__(
-        self, space: Space, data: Observations, proposals: Sequence[np.ndarray], round: int
+        self,
+        space: Space,
+        proposals: Sequence[np.ndarray],
+        incumbents: Sequence[np.ndarray | None] | None = None,
     ) -> tuple[Space, tuple[Any, ...]]: ...
 
 
@@ -186,6 +197,7 @@ class Campaign:
         self._asked: list[dict[str, float]] | None = None
         self._asked_tags: tuple[str, ...] = ()
         self._proposals: list[np.ndarray] = []
+        self._incumbents: list[np.ndarray | None] = []
         self._x: list[np.ndarray] = []
         self._loss: list[float] = []
         self._loss_sd: list[float] = []
@@ -197,6 +209,7 @@ class Campaign:
         self._acquire_owner: dict[str, str] = {}
         self._up: dict[str, float] = {}
         self._started_at: float | None = None
+        self._proposing = False
         self._notes_last_proposal: dict[str, object] = {}
         #: every widening of the box so far (records from the expansion rule)
         self.expansions: list[Any] = []
@@ -255,12 +268,38 @@ class Campaign:
             raise CampaignError("the campaign has stopped; nothing more to ask")
         if self._asked is not None:
             return [dict(r) for r in self._asked]
-        batch, notes = self._propose()
-        self._asked = self.space.to_recipes(batch.x)
-        self._asked_tags = batch.strategy
-        self._proposals.append(batch.x)
-        self._notes_last_proposal = notes
-        return [dict(r) for r in self._asked]
+        self._accept(*self.propose_batch())
+        return [dict(r) for r in self._asked]  # type: ignore[union-attr]
+
+    def propose_batch(self) -> tuple[Batch, dict[str, object]]:
+        """Compute the next round's batch without changing the campaign's state.
+
+        The expensive part of a round (fitting and optimising); the live shell
+        runs it in a worker thread and hands the result back as a
+        :class:`~agent.core.events.ProposalReady` event. Falls back to the
+        initial strategy (with a note saying why) when the strategy fails.
+
+        Raises:
+            StrategyError: even the initial strategy could not propose.
+            CampaignError: a strategy proposed an infeasible point (a bug; never sent).
+        """
+        s = self.settings
+        data = self.observations
+        first = self.round < s.initial_rounds or len(data) < 2
+        strategy = s.initial_strategy if first else s.strategy
+        notes: dict[str, object] = {"strategy": strategy.name}
+        try:
+            batch = strategy.propose(self.space, data, s.batch_size, self.rng)
+        except StrategyError as exc:
+            if strategy is s.initial_strategy:
+                raise
+            notes["fallback"] = f"{strategy.name} failed: {exc}; used {s.initial_strategy.name}"
+            batch = s.initial_strategy.propose(self.space, data, s.batch_size, self.rng)
+        ok = self.space.is_feasible(batch.x, in_box=False)
+        if not np.all(ok):  # never let a strategy bug reach the pump
+            raise CampaignError(f"strategy {strategy.name} proposed infeasible points")
+        notes.update(batch.notes)
+        return batch, notes
 
     def tell(self, batch: Sequence[Mapping[str, float]], results: Sequence[Result]) -> None:
         """Record the results of the batch from :meth:`ask` (same order).
@@ -333,6 +372,8 @@ class Campaign:
                 return self._on_spectrum(event)
             case PhaseLabelIn():
                 return self._on_label(event)
+            case ProposalReady() | ProposalFailed():
+                return self._on_proposal(event)
         raise CampaignError(f"unknown event {event!r}")
 
     def is_up(self, role: str) -> bool:
@@ -352,25 +393,13 @@ class Campaign:
 
     # ============================================================ internals
 
-    def _propose(self) -> tuple[Batch, dict[str, object]]:
-        s = self.settings
-        data = self.observations
-        first = self.round < s.initial_rounds or len(data) < 2
-        strategy = s.initial_strategy if first else s.strategy
-        notes: dict[str, object] = {}
-        try:
-            batch = strategy.propose(self.space, data, s.batch_size, self.rng)
-        except StrategyError as exc:
-            if strategy is s.initial_strategy:
-                raise
-            notes["fallback"] = f"{strategy.name} failed: {exc}; used {s.initial_strategy.name}"
-            batch = s.initial_strategy.propose(self.space, data, s.batch_size, self.rng)
-        ok = self.space.is_feasible(batch.x, in_box=False)
-        if not np.all(ok):  # never let a strategy bug reach the pump
-            raise CampaignError(f"strategy {strategy.name} proposed infeasible points")
+    def _accept(self, batch: Batch, notes: dict[str, object]) -> None:
+        """Make ``batch`` the pending round (what :meth:`ask` returns)."""
         self._round_ids.append([])
-        notes.update(batch.notes)
-        return batch, notes
+        self._asked = self.space.to_recipes(batch.x)
+        self._asked_tags = batch.strategy
+        self._proposals.append(batch.x)
+        self._notes_last_proposal = notes
 
     def _record(self, x: np.ndarray, r: Result, round_no: int) -> None:
         self._x.append(np.asarray(x, dtype=float))
@@ -386,8 +415,11 @@ class Campaign:
         if self._loss:
             self.best_by_round.append(min(self._loss))
         if self.settings.expansion is not None:
+            self._incumbents.append(
+                self._x[int(np.argmin(self._loss))].copy() if self._loss else None
+            )
             new_space, changes = self.settings.expansion(
-                self.space, self.observations, self._proposals, round_no
+                self.space, self._proposals, self._incumbents
             )
             self.space = new_space
             for ch in changes:
@@ -419,21 +451,29 @@ class Campaign:
     def _next_condition(self, now: float) -> list[Decision]:
         out: list[Decision] = []
         if not self._queue:
-            if self.stopped:
+            if self.stopped or self._proposing:
                 return out
-            out += self._new_round(now)
-            if self.stopped or not self._queue:
-                return out
+            self._proposing = True
+            return [RequestProposal(self.round + 1)]
         cid = self._queue.pop(0)
         self._active = cid
         out += self._send_setpoint(self.conditions[cid], now)
         return out
 
-    def _new_round(self, now: float) -> list[Decision]:
-        try:
-            recipes = self.ask()
-        except (StrategyError, CampaignError) as exc:
-            return self._stop(now, StopReason("no_proposal", f"could not propose: {exc}"))
+    def _on_proposal(self, ev: ProposalReady | ProposalFailed) -> list[Decision]:
+        if not self._proposing or self.stopped:
+            return [Note("proposal_ignored", {"reason": "no proposal was requested"})]
+        self._proposing = False
+        if isinstance(ev, ProposalFailed):
+            return self._stop(ev.now, StopReason("no_proposal", f"could not propose: {ev.reason}"))
+        self._accept(ev.batch, ev.notes)
+        out = self._start_round(ev.now)
+        if self.state == "running" and self._active is None:
+            out += self._next_condition(ev.now)
+        return out
+
+    def _start_round(self, now: float) -> list[Decision]:
+        recipes = [dict(r) for r in self._asked or []]
         round_no = self.round
         out: list[Decision] = []
         notes = self._notes_last_proposal

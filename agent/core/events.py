@@ -9,6 +9,7 @@ Plain Python and numpy only: the shell turns decisions into wire messages.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,9 @@ __all__ = [
     "FlowStable",
     "Note",
     "PhaseLabelIn",
+    "ProposalFailed",
+    "ProposalReady",
+    "RequestProposal",
     "SendAcquire",
     "SendSafeState",
     "SendSetpoint",
@@ -104,6 +108,21 @@ class PhaseLabelIn:
     source: str = "xrd"
 
 
+@dataclass(frozen=True)
+class ProposalReady:
+    """The batch the shell computed with :meth:`Campaign.propose_batch`."""
+
+    batch: Any  # agent.core.strategies.base.Batch
+    notes: dict[str, object]
+    now: float
+
+
+@dataclass(frozen=True)
+class ProposalFailed:
+    reason: str
+    now: float
+
+
 Event = (
     Tick
     | DriverUp
@@ -113,6 +132,8 @@ Event = (
     | FlowStable
     | SpectrumIn
     | PhaseLabelIn
+    | ProposalReady
+    | ProposalFailed
 )
 
 
@@ -166,4 +187,12 @@ class Note:
     level: str = "info"
 
 
-Decision = SendSetpoint | SendAcquire | SendSafeState | Announce | Note
+@dataclass(frozen=True)
+class RequestProposal:
+    """Compute the next round (``Campaign.propose_batch``, CPU-heavy) and feed back
+    :class:`ProposalReady` or :class:`ProposalFailed`."""
+
+    round: int
+
+
+Decision = RequestProposal | SendSetpoint | SendAcquire | SendSafeState | Announce | Note

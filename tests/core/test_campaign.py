@@ -17,6 +17,9 @@ from agent.core.events import (
     FlowStable,
     Note,
     PhaseLabelIn,
+    ProposalFailed,
+    ProposalReady,
+    RequestProposal,
     SendAcquire,
     SendSafeState,
     SendSetpoint,
@@ -31,6 +34,25 @@ ROLES = ("pump", "spectrometer", "xrd")
 
 def of(decisions, kind):
     return [d for d in decisions if isinstance(d, kind)]
+
+
+def settle(c: Campaign, decisions: list, now: float = 0.0) -> list:
+    """Carry out proposal requests at once, as the shell's worker thread would."""
+    out = []
+    for d in decisions:
+        out.append(d)
+        if isinstance(d, RequestProposal):
+            batch, notes = c.propose_batch()
+            out += settle(c, c.handle(ProposalReady(batch, notes, now)), now)
+    return out
+
+
+def up(c: Campaign, now: float = 0.0) -> list:
+    """Start ``c`` and bring every driver up; returns the decisions (proposals carried out)."""
+    out = settle(c, c.start(now), now)
+    for role in ROLES:
+        out += settle(c, c.handle(DriverUp(role, now)), now)
+    return out
 
 
 def announced(decisions, kind):
@@ -49,14 +71,13 @@ class Lab:
         self.replicate_k: dict[str, int] = {}
 
     def feed(self, event) -> list:
-        out = self.c.handle(event)
+        out = settle(self.c, self.c.handle(event), self.now)
         self.log += out
         return out
 
     def bring_up(self) -> list:
-        out = self.c.start(self.now)
-        for role in ROLES:
-            out += self.feed(DriverUp(role, self.now))
+        out = up(self.c, self.now)
+        self.log += out
         return out
 
     def serve(self, decisions, max_steps: int = 10_000) -> None:
@@ -152,11 +173,13 @@ def test_tell_without_ask_is_an_error():
 
 def test_no_command_before_every_required_driver_said_hello():
     c = Campaign(toy_settings(), seed=0)
-    out = c.start(0.0)
-    out += c.handle(DriverUp("pump", 0.0))
-    out += c.handle(DriverUp("spectrometer", 0.0))
+    out = settle(c, c.start(0.0))
+    out += settle(c, c.handle(DriverUp("pump", 0.0)))
+    out += settle(c, c.handle(DriverUp("spectrometer", 0.0)))
     assert not of(out, SendSetpoint) and not of(out, SendAcquire)
-    out = c.handle(DriverUp("xrd", 0.0))
+    assert not of(out, RequestProposal)
+    out = settle(c, c.handle(DriverUp("xrd", 0.0)))
+    assert len(of(out, RequestProposal)) == 1
     assert len(of(out, SendSetpoint)) == 1
     assert len(announced(out, "proposal")) == 1
 
@@ -181,9 +204,7 @@ def test_live_campaign_runs_every_condition_once_and_stops_safely():
 
 def test_unacked_setpoint_is_resent_with_the_same_id_and_backoff():
     c = Campaign(toy_settings(), seed=0)
-    out = c.start(0.0)
-    for role in ROLES:
-        out += c.handle(DriverUp(role, 0.0))
+    out = up(c)
     first = of(out, SendSetpoint)[0]
     times = []
     for i in range(1, 99):  # settle timeout is 5 s
@@ -205,9 +226,7 @@ def test_unacked_setpoint_is_resent_with_the_same_id_and_backoff():
 
 def test_refused_setpoint_fails_the_condition_and_moves_on():
     c = Campaign(toy_settings(), seed=0)
-    out = c.start(0.0)
-    for role in ROLES:
-        out += c.handle(DriverUp(role, 0.0))
+    out = up(c)
     sp = of(out, SendSetpoint)[0]
     out = c.handle(SetpointAcked(sp.cmd_id, False, "channel a above 100", 0.1))
     done = announced(out, "condition_complete")[0]
@@ -225,9 +244,7 @@ def test_refused_setpoint_fails_the_condition_and_moves_on():
 )
 def test_replicate_for_a_condition_that_is_not_measuring_is_rejected(event, code):
     c = Campaign(toy_settings(), seed=0)
-    c.start(0.0)
-    for role in ROLES:
-        c.handle(DriverUp(role, 0.0))
+    up(c)
     out = c.handle(event)
     notes = [d for d in out if isinstance(d, Note) and d.event == "message_rejected"]
     assert notes and notes[0].fields["code"] == code and notes[0].fields["reason"]
@@ -235,9 +252,7 @@ def test_replicate_for_a_condition_that_is_not_measuring_is_rejected(event, code
 
 def test_wrong_grid_and_duplicates_are_rejected_with_reasons():
     c = Campaign(toy_settings(), seed=0)
-    out = c.start(0.0)
-    for role in ROLES:
-        out += c.handle(DriverUp(role, 0.0))
+    out = up(c)
     sp = of(out, SendSetpoint)[0]
     c.handle(SetpointAcked(sp.cmd_id, True, "", 0.1))
     c.handle(FlowStable(sp.cmd_id, sp.condition, 0.2))
@@ -257,9 +272,7 @@ def test_wrong_grid_and_duplicates_are_rejected_with_reasons():
 
 def test_silent_driver_pauses_the_campaign_and_its_return_resumes_it():
     c = Campaign(toy_settings(), seed=0)
-    out = c.start(0.0)
-    for role in ROLES:
-        out += c.handle(DriverUp(role, 0.0))
+    out = up(c)
     sp = of(out, SendSetpoint)[0]
     out = c.handle(DriverDown("pump", 1.0))
     assert c.state == "paused"
@@ -271,9 +284,7 @@ def test_silent_driver_pauses_the_campaign_and_its_return_resumes_it():
 
 def test_heartbeat_timeout_marks_a_driver_down():
     c = Campaign(toy_settings(), seed=0)
-    c.start(0.0)
-    for role in ROLES:
-        c.handle(DriverUp(role, 0.0))
+    up(c)
     c.driver_seen("pump", 4.0)
     c.driver_seen("spectrometer", 4.0)
     out = c.handle(Tick(6.0))  # xrd last seen at 0.0, timeout 5.0
@@ -285,9 +296,7 @@ def test_heartbeat_timeout_marks_a_driver_down():
 
 def test_stalled_measurement_is_retried_once_then_failed():
     c = Campaign(toy_settings(), seed=0)
-    out = c.start(0.0)
-    for role in ROLES:
-        out += c.handle(DriverUp(role, 0.0))
+    out = up(c)
     sp = of(out, SendSetpoint)[0]
     c.handle(SetpointAcked(sp.cmd_id, True, "", 0.1))
     c.handle(FlowStable(sp.cmd_id, sp.condition, 0.2))
@@ -326,11 +335,31 @@ def test_late_and_contradicting_phase_labels_attach_to_their_condition():
 
 def test_illegal_transition_raises():
     c = Campaign(toy_settings(), seed=0)
-    out = c.start(0.0)
-    for role in ROLES:
-        out += c.handle(DriverUp(role, 0.0))
+    out = up(c)
     rec = c.conditions[of(out, SendSetpoint)[0].condition]
     with pytest.raises(CampaignError, match="illegal transition setting -> complete"):
         c._set_state(rec, "complete", 1.0)
     with pytest.raises(CampaignError):
         c.start(1.0)
+
+
+def test_failed_proposal_stops_the_campaign_with_its_reason():
+    c = Campaign(toy_settings(), seed=0)
+    c.start(0.0)
+    for role in ROLES[:2]:
+        c.handle(DriverUp(role, 0.0))
+    out = c.handle(DriverUp("xrd", 0.0))
+    assert of(out, RequestProposal)
+    out = c.handle(ProposalFailed("feasible region is empty", 0.5))
+    stopped = announced(out, "campaign_stopped")
+    assert c.stopped and stopped[0].fields["rule"] == "no_proposal"
+    assert "feasible region is empty" in stopped[0].fields["reason"]
+    assert of(out, SendSafeState)
+
+
+def test_a_proposal_nobody_asked_for_is_ignored():
+    c = Campaign(toy_settings(), seed=0)
+    batch, notes = c.propose_batch()
+    out = c.handle(ProposalReady(batch, notes, 0.0))
+    assert [d.event for d in out if isinstance(d, Note)] == ["proposal_ignored"]
+    assert c.round == 0 and not c.conditions
