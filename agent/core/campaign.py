@@ -159,6 +159,7 @@ class ConditionRecord:
     n_rejected: int = 0
     failure: str = ""
     labels: list[tuple[str, float]] = field(default_factory=list)
+    timeouts: int = 0  # attempts that stalled (the retry budget counts these)
     n_requested: int = 0  # droplets asked of the spectrometer in this attempt
     n_commands: int = 0  # acquire commands sent in this attempt
 
@@ -210,6 +211,7 @@ class Campaign:
         self._up: dict[str, float] = {}
         self._started_at: float | None = None
         self._proposing = False
+        self._lost: set[str] = set()  # drivers that went down since the last resume
         self._notes_last_proposal: dict[str, object] = {}
         #: every widening of the box so far (records from the expansion rule)
         self.expansions: list[Any] = []
@@ -443,7 +445,7 @@ class Campaign:
         if self.state in ("waiting", "paused"):
             out.append(Note("campaign_running", {"was": self.state}))
             self.state = "running"
-            out += self._resume_pending(now)
+            out += self._resume(now)
         if self._active is None:
             out += self._next_condition(now)
         return out
@@ -464,6 +466,7 @@ class Campaign:
         if not self._proposing or self.stopped:
             return [Note("proposal_ignored", {"reason": "no proposal was requested"})]
         self._proposing = False
+        self._lost: set[str] = set()  # drivers that went down since the last resume
         if isinstance(ev, ProposalFailed):
             return self._stop(ev.now, StopReason("no_proposal", f"could not propose: {ev.reason}"))
         self._accept(ev.batch, ev.notes)
@@ -685,7 +688,8 @@ class Campaign:
         if not (stuck or timed_out):
             return []
         what = "pump did not settle" if stuck else "replicates timed out"
-        if rec.attempt <= s.replicates.retries:
+        rec.timeouts += 1
+        if rec.timeouts <= s.replicates.retries:
             self._drop_pending(rec.condition)
             note = Note(
                 "condition_retry",
@@ -694,7 +698,7 @@ class Campaign:
             )
             self._set_state(rec, "queued", now)
             return [note, *self._send_setpoint(rec, now)]
-        return self._fail(rec, now, f"{what} after {rec.attempt} attempts")
+        return self._fail(rec, now, f"{what} after {rec.timeouts} attempts")
 
     def _on_driver_up(self, ev: DriverUp) -> list[Decision]:
         was_up = ev.role in self._up
@@ -706,13 +710,27 @@ class Campaign:
         if ev.role not in self._up:
             return []
         del self._up[ev.role]
+        self._lost.add(ev.role)
         out: list[Decision] = [Note("driver_down", {"role": ev.role}, "warning")]
         if ev.role in self.settings.required_roles:
             out += self._maybe_run(ev.now)
         return out
 
-    def _resume_pending(self, now: float) -> list[Decision]:
-        """After a pause: resend what is still unacknowledged, now."""
+    def _resume(self, now: float) -> list[Decision]:
+        """After a pause: if the pump was lost it sat at its safe flows, so the active
+        condition starts again (new attempt, new command id); else resend what is
+        still unacknowledged, now."""
+        lost, self._lost = self._lost, set()
+        rec = self.conditions.get(self._active) if self._active else None
+        if self.settings.pump_role in lost and rec is not None and rec.state != "queued":
+            self._drop_pending(rec.condition)
+            self._set_state(rec, "queued", now)
+            note = Note(
+                "condition_restarted",
+                {"condition": rec.condition, "reason": "the pump was lost while it ran"},
+                "warning",
+            )
+            return [note, *self._send_setpoint(rec, now)]
         out: list[Decision] = []
         for p in self._pending.values():
             p.sent_at = now

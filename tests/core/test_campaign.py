@@ -274,12 +274,28 @@ def test_silent_driver_pauses_the_campaign_and_its_return_resumes_it():
     c = Campaign(toy_settings(), seed=0)
     out = up(c)
     sp = of(out, SendSetpoint)[0]
-    out = c.handle(DriverDown("pump", 1.0))
+    out = c.handle(DriverDown("xrd", 1.0))
     assert c.state == "paused"
     assert not of(c.handle(Tick(2.0)), SendSetpoint)  # no commands while paused
-    out = c.handle(DriverUp("pump", 3.0))
+    out = c.handle(DriverUp("xrd", 3.0))
     assert c.state == "running"
     assert [d.cmd_id for d in of(out, SendSetpoint)] == [sp.cmd_id]  # resent, same id
+
+
+def test_lost_pump_restarts_the_active_condition_with_a_new_command_id():
+    c = Campaign(toy_settings(), seed=0)
+    out = up(c)
+    sp = of(out, SendSetpoint)[0]
+    c.handle(SetpointAcked(sp.cmd_id, True, "", 0.1))
+    c.handle(FlowStable(sp.cmd_id, sp.condition, 0.2))
+    assert c.conditions[sp.condition].state == "measuring"
+    c.handle(DriverDown("pump", 1.0))
+    out = c.handle(DriverUp("pump", 2.0))  # the pump sat at its safe flows meanwhile
+    again = of(out, SendSetpoint)
+    assert [d.condition for d in again] == [sp.condition]
+    assert again[0].cmd_id != sp.cmd_id and again[0].attempt == 2
+    assert "condition_restarted" in [d.event for d in out if isinstance(d, Note)]
+    assert c.conditions[sp.condition].timeouts == 0  # not counted against the retry budget
 
 
 def test_heartbeat_timeout_marks_a_driver_down():
