@@ -11,7 +11,6 @@ reactor port taken), 1 if the runtime itself failed.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +24,7 @@ from drivers.logs import LEVELS, configure_logging
 from drivers.pump import DEFAULT_CHANNELS, REACTOR_PORT_OFFSET, Channel, SimulatedPump
 from drivers.runtime import Instrument, RuntimeSettings, run_driver
 from drivers.spectrometer import DropletNoise, Grid, SimulatedSpectrometer, SpectrumModel
+from drivers.world import load_model
 from drivers.xrd import PhaseModel, SimulatedXrd
 from protocols.sockets import DEFAULT_BASE, Endpoints
 
@@ -240,20 +240,16 @@ def default_reactor(connect: str) -> str:
 
 
 def load_forward_model(spec: str, seed: int = 0) -> Any:
-    """Import ``module:callable`` and call it with ``seed=seed``.
+    """:func:`drivers.world.load_model`, with every failure as a :class:`ModelError`.
 
     Raises:
-        ModelError: the path is malformed, the import fails, or the call raises.
+        ModelError: the path is malformed, the import fails, the result is not a
+            forward model, or the factory raises.
     """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ModelError(f"--model must look like module:callable, got {spec!r}")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot import forward model {spec!r}: {exc}") from exc
-    try:
-        return factory(seed=seed)
+        return load_model(spec, seed=seed)
+    except (ImportError, ValueError) as exc:
+        raise ModelError(f"cannot load forward model {spec!r}: {exc}") from exc
     except Exception as exc:
         raise ModelError(f"forward model {spec!r} failed to build: {exc!r}") from exc
 
