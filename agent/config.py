@@ -96,7 +96,7 @@ class ReplicatesConfig(_Section):
 class ExpansionConfig(_Section):
     enabled: bool = True
     edge_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
-    min_hits: Annotated[int, Field(ge=1)] = 2
+    min_hits: Annotated[int, Field(ge=1)] = 3
     patience: Annotated[int, Field(ge=1)] = 1
     grow_fraction: Annotated[float, Field(gt=0, le=10)] = 0.5
 

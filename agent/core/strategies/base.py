@@ -79,8 +79,6 @@ class Strategy(Protocol):
 
     name: str
 
-    def propose(
-        self, space: Space, data: Observations, n: int, rng: np.random.Generator
-    ) -> Batch:
+    def propose(self, space: Space, data: Observations, n: int, rng: np.random.Generator) -> Batch:
         """Propose ``n`` feasible recipes inside ``space``'s current box."""
         ...
