@@ -106,6 +106,7 @@ class StrategyConfig(_Section):
     kind: Literal["lhs", "lp-ei", "qlognei", "ucb"] = "lp-ei"
     initial_rounds: Annotated[int, Field(ge=1)] = 1
     ucb_beta: Pos = 2.0
+    noise: Literal["learned", "known"] = "learned"
     expansion: ExpansionConfig = ExpansionConfig()
 
 
@@ -271,7 +272,7 @@ class CampaignConfig(_Section):
             grid=grid,
             replicates=ReplicateSettings(**r.model_dump()),
             initial_strategy=make_strategy(s.initial),
-            strategy=make_strategy(s.kind, beta=s.ucb_beta),
+            strategy=make_strategy(s.kind, beta=s.ucb_beta, noise=s.noise),
             stop_rule=self.stop.rule(),
             batch_size=self.campaign.batch_size,
             initial_rounds=s.initial_rounds,

@@ -11,8 +11,11 @@ __all__ = ["STRATEGY_NAMES", "make_expansion", "make_strategy"]
 STRATEGY_NAMES = ("lhs", "lp-ei", "qlognei", "ucb")
 
 
-def make_strategy(kind: str, *, beta: float = 2.0) -> Strategy:
+def make_strategy(kind: str, *, beta: float = 2.0, noise: str = "learned") -> Strategy:
     """The strategy called ``kind`` (one of :data:`STRATEGY_NAMES`).
+
+    ``beta`` is UCB's exploration weight; ``noise`` the GP noise model of the
+    BO strategies ("learned", or "known": the replicate spread ``loss_sd``).
 
     Raises:
         ValueError: unknown name.
@@ -24,15 +27,15 @@ def make_strategy(kind: str, *, beta: float = 2.0) -> Strategy:
     if kind == "lp-ei":
         from agent.core.strategies.bo import LocalPenalizationEI
 
-        return LocalPenalizationEI()
+        return LocalPenalizationEI(noise=noise)  # type: ignore[arg-type]
     if kind == "qlognei":
         from agent.core.strategies.bo import QLogNEI
 
-        return QLogNEI()
+        return QLogNEI(noise=noise)  # type: ignore[arg-type]
     if kind == "ucb":
         from agent.core.strategies.bo import UpperConfidenceBound
 
-        return UpperConfidenceBound(beta=beta)
+        return UpperConfidenceBound(beta=beta, noise=noise)
     raise ValueError(f"unknown strategy {kind!r}; choose one of {', '.join(STRATEGY_NAMES)}")
 
 
