@@ -7,12 +7,16 @@ study's loss of the median of ``--droplets`` noisy droplet spectra from the
 simulated world (the spectrometer's noise model, without outliers); the
 *true* loss of a recipe is the loss of its noise-free spectrum. Reported per
 round: the true loss of the best-measured condition (median over seeds), and
-the rounds each seed needs to reach ``--target``; the acceleration factor is
+the rounds each seed needs to reach each of ``--levels``; the acceleration factor is
 ``AF = median rounds(LHS-only) / median rounds(method)`` (Liang et al. 2021,
 in rounds of 15), with "never" counted as ``rounds + 1``.
 
     python bench/campaign_efficiency.py --seeds 10 --rounds 8
     python bench/campaign_efficiency.py --quick
+    # qLogNEI takes ~100 s a round: run it on its own core, then merge the tables
+    python bench/campaign_efficiency.py --strategies lhs,lp-ei --threads 1 --json a.json
+    python bench/campaign_efficiency.py --strategies qlognei --threads 1 --json b.json
+    python bench/campaign_efficiency.py --merge a.json b.json
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -54,9 +59,11 @@ def measure(world, space, recipe, wl, target, rng, droplets: int) -> tuple[float
 
 
 def run(strategy: str, seed: int, rounds: int, droplets: int) -> dict:
-    cfg = CampaignConfig.from_toml(
-        CAMPAIGN, overrides={"strategy.kind": strategy, "stop.max_rounds": rounds}, env={}
-    )
+    kind, _, noise = strategy.partition(":")  # e.g. "lp-ei:known": the GP noise model
+    overrides: dict[str, object] = {"strategy.kind": kind, "stop.max_rounds": rounds}
+    if noise:
+        overrides["strategy.noise"] = noise
+    cfg = CampaignConfig.from_toml(CAMPAIGN, overrides=overrides, env={})
     campaign = Campaign(cfg, seed=seed)
     settings = campaign.settings
     wl = settings.grid.wavelengths
@@ -102,64 +109,109 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run from here on")
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--droplets", type=int, default=15, help="droplets per condition")
-    p.add_argument("--target", type=float, default=0.15, help="true-loss level to reach")
-    p.add_argument("--strategies", default="lhs,lp-ei,qlognei")
+    p.add_argument(
+        "--levels",
+        default="0.3,0.15,0.08",
+        help="comma-separated true-loss levels for rounds-to-reach and AF",
+    )
+    p.add_argument(
+        "--strategies",
+        default="lhs,lp-ei,qlognei",
+        help="comma-separated strategy[:noise], e.g. lp-ei:known (GP noise from loss_sd)",
+    )
     p.add_argument("--quick", action="store_true", help="3 seeds, 4 rounds")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "campaign_efficiency.json")
+    p.add_argument(
+        "--merge", type=Path, nargs="+", metavar="JSON", help="only print the table of saved runs"
+    )
     args = p.parse_args()
+    levels = [float(v) for v in args.levels.split(",")]
     if args.quick:
         args.seeds, args.rounds = 3, 4
-    torch.set_num_threads(2)
+    if args.merge:
+        runs = {}
+        for path in args.merge:
+            for name, records in json.loads(path.read_text()).items():
+                by_seed = {r["seed"]: r for r in runs.get(name, [])}
+                for r in records:  # one record per seed: the one with more rounds
+                    old = by_seed.get(r["seed"])
+                    if old is None or len(r["best_true_by_round"]) > len(old["best_true_by_round"]):
+                        by_seed[r["seed"]] = r
+                runs[name] = [by_seed[k] for k in sorted(by_seed)]
+        report(runs, levels, time.perf_counter())
+        return
+    torch.set_num_threads(args.threads)
     strategies = args.strategies.split(",")
     runs: dict[str, list[dict]] = {s: [] for s in strategies}
     t_start = time.perf_counter()
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for s in strategies:
             t0 = time.perf_counter()
             r = run(s, seed, args.rounds, args.droplets)
             runs[s].append(r)
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(runs, indent=1))  # after each run: partial results
             curve = " ".join(f"{v:.3f}" for v in r["best_true_by_round"])
             print(
                 f"seed {seed:2d} {s:8s} {time.perf_counter() - t0:7.1f} s  "
                 f"best true loss/round: {curve}  expansions {r['expansions']}",
                 flush=True,
             )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(runs, indent=1))
-    print()
+    print(f"\nruns written to {args.json}; torch threads {args.threads}")
+    report(runs, levels, t_start)
+
+
+def report(runs: dict[str, list[dict]], levels: list[float], t_start: float) -> None:
+    """Print the Markdown tables of ``runs`` (strategy -> one record per seed)."""
+    seeds = {s: len(rs) for s, rs in runs.items()}
+    n_rounds = min(len(r["best_true_by_round"]) for rs in runs.values() for r in rs)
+    order = sorted(runs, key=lambda s: s != "lhs")  # LHS first: the AF baseline
+    curves = {s: np.array([r["best_true_by_round"][:n_rounds] for r in runs[s]]) for s in order}
+    print(f"\nmedian over seeds {seeds} of the true loss of the best-measured condition:")
     print(
-        f"median over {args.seeds} seeds of the best true loss after each round "
-        f"({args.droplets} droplets/condition, target {args.target}):"
+        "| strategy | seeds | "
+        + " | ".join(f"r{i + 1}" for i in range(n_rounds))
+        + " | median propose s/round |"
     )
-    header = (
-        "| strategy | "
-        + " | ".join(f"r{i + 1}" for i in range(args.rounds))
-        + " | rounds to target (median) | reached | AF vs LHS | median propose s/round |"
-    )
-    print(header)
-    print("|" + "---|" * (args.rounds + 5))
-    base_rounds = None
-    for s in strategies:
-        curves = np.array([r["best_true_by_round"] for r in runs[s]])
-        med = np.median(curves, axis=0)
-        rt = [rounds_to(list(c), args.target) for c in curves]
-        med_rt = float(np.median(rt))
-        reached = sum(1 for x in rt if x <= args.rounds)
-        if s == "lhs":
-            base_rounds = med_rt
-        af = "" if base_rounds is None else f"{base_rounds / med_rt:.2f}"
+    print("|" + "---|" * (n_rounds + 3))
+    for s in order:
         prop = np.median([np.median(r["propose_s"][1:] or [0.0]) for r in runs[s]])
+        med = np.median(curves[s], axis=0)
         print(
-            f"| {s} | "
+            f"| {s} | {len(curves[s])} | "
             + " | ".join(f"{v:.3f}" for v in med)
-            + f" | {med_rt:g} | {reached}/{len(rt)} | {af} | {prop:.2f} |"
+            + f" | {prop:.2f} |"
         )
-    print()
     print(
-        f"machine: {platform.processor() or platform.machine()}, torch threads 2; "
-        f"total {time.perf_counter() - t_start:.0f} s"
+        "\nrounds of 15 to reach a true loss level (median over seeds; a seed that never "
+        "got there within its R rounds counts as R + 1, so an AF over such a baseline "
+        "is a lower bound):"
+    )
+    print("| level | " + " | ".join(f"{s}: rounds (reached) | AF" for s in order) + " |")
+    print("|" + "---|" * (1 + 2 * len(order)))
+    for level in levels:
+        cells = []
+        base, base_never = None, False
+        for s in order:
+            length = min(len(r["best_true_by_round"]) for r in runs[s])
+            full = [r["best_true_by_round"][:length] for r in runs[s]]
+            rt = [rounds_to(c, level) for c in full]
+            med_rt = float(np.median(rt))
+            reached = sum(1 for x, c in zip(rt, full, strict=True) if x <= len(c))
+            if s == "lhs":
+                base, base_never = med_rt, med_rt > len(full[0])
+                af = "1"
+            else:
+                af = "" if base is None else f"{'>=' if base_never else ''}{base / med_rt:.1f}"
+            cells.append(f"{med_rt:g} ({reached}/{len(rt)}) | {af}")
+        print(f"| {level:g} | " + " | ".join(cells) + " |")
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"{time.perf_counter() - t_start:.0f} s"
     )
 
 
