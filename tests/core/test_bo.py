@@ -12,10 +12,16 @@ from botorch.test_functions import Branin
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.core.space import Channel, ChannelMap, LinearConstraint, Parameter, Space
+from agent.core.space import Parameter, Space
 from agent.core.strategies.base import Observations, Strategy, StrategyError
-from agent.core.strategies.bo import LocalPenalizationEI, QLogNEI, UpperConfidenceBound
+from agent.core.strategies.bo import (
+    LocalPenalizationEI,
+    QLogNEI,
+    UpperConfidenceBound,
+    _snap_to_faces,
+)
 from agent.core.strategies.gp import (
+    DTYPE,
     CachedGP,
     feasible_pool,
     fit_gp,
@@ -30,37 +36,11 @@ from agent.core.strategies.penalisation import (
     lipschitz_constant,
     log_penaliser,
 )
-
-SHARES = ("q_agno3", "q_pva", "q_tsc", "q_seed")
+from agent.core.testing import agnp_space
 
 # Small settings keep every proposal well under a second.
 FAST = {"pool_size": 256, "local_samples": 64, "acq_samples": 64}
 REFINE = {**FAST, "num_restarts": 2, "maxiter": 15}  # with the SLSQP refinement
-
-
-def agnp_space(*, constraint_upper: float = 90.0, agno3_max_flow: float = 800.0) -> Space:
-    """The reference campaign's space, as in examples/agnp.toml."""
-    return Space(
-        parameters=(
-            Parameter("q_agno3", 4.0, 20.0, 0.5, 80.0, expandable=True, resolution=0.1),
-            Parameter("q_pva", 10.0, 40.0, 10.0, 40.0, resolution=0.1),
-            Parameter("q_tsc", 4.0, 20.0, 0.5, 80.0, expandable=True, resolution=0.1),
-            Parameter("q_seed", 4.0, 20.0, 0.5, 80.0, expandable=True, resolution=0.1),
-            Parameter("q_tot", 200.0, 1000.0, 100.0, 1000.0, expandable=True, resolution=1.0),
-        ),
-        constraints=(LinearConstraint(dict.fromkeys(SHARES, 1.0), constraint_upper),),
-        channels=ChannelMap(
-            "q_tot",
-            (
-                Channel("agno3", share="q_agno3", max_flow=agno3_max_flow),
-                Channel("pva", share="q_pva", max_flow=800.0),
-                Channel("tsc", share="q_tsc", max_flow=800.0),
-                Channel("seed", share="q_seed", max_flow=800.0),
-                Channel("water", share="rest", max_flow=1000.0),
-                Channel("oil", ratio=1.0, max_flow=1000.0),
-            ),
-        ),
-    )
 
 
 def square() -> Space:
@@ -355,6 +335,22 @@ def test_lp_ei_beats_random_search_on_branin():
         random_best.append(loss(random_x).min())
     assert np.mean(bo_best) < np.mean(random_best)
     assert max(bo_best) < 0.397887 + 0.5  # global minimum of Branin: 0.397887
+
+
+def test_face_snapped_candidates_sit_on_faces_and_corners_and_are_feasible():
+    space = agnp_space(constraint_upper=60.0)
+    lead = torch.tensor([[0.9, 0.2, 0.45, 0.05, 0.7], [0.3, 0.97, 0.5, 0.6, 0.02]], dtype=DTYPE)
+    out = _snap_to_faces(space, lead, 0.5, seed=0)
+    assert len(out) > 0 and space.is_feasible(space.from_unit(out.numpy())).all()
+    for u in out:
+        src = lead[int(torch.argmin(((lead - u) != 0).sum(-1)))]
+        moved = u != src
+        assert moved.any() and torch.all((u[moved] == 0) | (u[moved] == 1))
+        assert torch.all(u[moved] == (src[moved] > 0.5).to(DTYPE))  # to the nearer face
+    corner = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0], dtype=DTYPE)  # every coordinate of row 0
+    feasible_corner = space.is_feasible(space.from_unit(corner.unsqueeze(0).numpy()))[0]
+    assert bool((out == corner).all(-1).any()) == bool(feasible_corner)
+    assert len(_snap_to_faces(space, lead, 0.01, seed=0)) == 0  # nothing that close to a face
 
 
 # --- the closed forms agree with autograd -----------------------------------------------

@@ -7,36 +7,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from agent.core.space import Channel, ChannelMap, LinearConstraint, Parameter, Space
+from agent.core.space import Parameter, Space
 from agent.core.strategies.base import Observations, Strategy, StrategyError
 from agent.core.strategies.lhs import LatinHypercube
-
-SHARES = ("q_agno3", "q_pva", "q_tsc", "q_seed")
-
-
-def agnp_space(*, constraint_upper: float = 90.0, agno3_max_flow: float = 800.0) -> Space:
-    """The reference campaign's space, as in examples/agnp.toml."""
-    return Space(
-        parameters=(
-            Parameter("q_agno3", 4.0, 20.0, 0.5, 80.0, expandable=True, resolution=0.1),
-            Parameter("q_pva", 10.0, 40.0, 10.0, 40.0, resolution=0.1),
-            Parameter("q_tsc", 4.0, 20.0, 0.5, 80.0, expandable=True, resolution=0.1),
-            Parameter("q_seed", 4.0, 20.0, 0.5, 80.0, expandable=True, resolution=0.1),
-            Parameter("q_tot", 200.0, 1000.0, 100.0, 1000.0, expandable=True, resolution=1.0),
-        ),
-        constraints=(LinearConstraint(dict.fromkeys(SHARES, 1.0), constraint_upper),),
-        channels=ChannelMap(
-            "q_tot",
-            (
-                Channel("agno3", share="q_agno3", max_flow=agno3_max_flow),
-                Channel("pva", share="q_pva", max_flow=800.0),
-                Channel("tsc", share="q_tsc", max_flow=800.0),
-                Channel("seed", share="q_seed", max_flow=800.0),
-                Channel("water", share="rest", max_flow=1000.0),
-                Channel("oil", ratio=1.0, max_flow=1000.0),
-            ),
-        ),
-    )
+from agent.core.testing import agnp_space
 
 
 def widened(space: Space) -> Space:

@@ -10,33 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.core.space import Channel, ChannelMap, LinearConstraint, Parameter, Space
-
-SHARES = ("q_agno3", "q_pva", "q_tsc", "q_seed")
-
-
-def agnp_space(*, agno3_max_flow: float = 800.0, constraint: bool = True) -> Space:
-    """The reference campaign's space, as in examples/agnp.toml."""
-    return Space(
-        parameters=(
-            Parameter("q_agno3", 4.0, 20.0, 0.5, 80.0, expandable=True, resolution=0.1, unit="%"),
-            Parameter("q_pva", 10.0, 40.0, 10.0, 40.0, resolution=0.1, unit="%"),
-            Parameter("q_tsc", 4.0, 20.0, 0.5, 80.0, expandable=True, resolution=0.1, unit="%"),
-            Parameter("q_seed", 4.0, 20.0, 0.5, 80.0, expandable=True, resolution=0.1, unit="%"),
-            Parameter("q_tot", 200.0, 1000.0, 100.0, 1000.0, expandable=True, resolution=1.0),
-        ),
-        constraints=(LinearConstraint(dict.fromkeys(SHARES, 1.0), 90.0),) if constraint else (),
-        channels=ChannelMap(
-            "q_tot",
-            (
-                Channel("agno3", share="q_agno3", max_flow=agno3_max_flow),
-                Channel("pva", share="q_pva", max_flow=800.0),
-                Channel("tsc", share="q_tsc", max_flow=800.0),
-                Channel("seed", share="q_seed", max_flow=800.0),
-                Channel("water", share="rest", max_flow=1000.0),
-                Channel("oil", ratio=1.0, max_flow=1000.0),
-            ),
-        ),
-    )
+from agent.core.testing import agnp_space
 
 
 def recipe(**kw: float) -> dict[str, float]:
@@ -227,7 +201,7 @@ def test_is_feasible_channel_limit() -> None:
 
 def test_is_feasible_rest_channel_below_zero() -> None:
     # no linear constraint: shares 80 + 40 + 80 + 80 = 280 % leave water a negative flow
-    space = agnp_space(constraint=False)
+    space = agnp_space(constraint_upper=None)
     x = space.to_array([recipe(q_agno3=80.0, q_pva=40.0, q_tsc=80.0, q_seed=80.0)])
     assert space.is_feasible(x, in_box=False).tolist() == [False]
     (msg,) = space.violations(space.to_recipes(x)[0])
@@ -236,7 +210,7 @@ def test_is_feasible_rest_channel_below_zero() -> None:
 
 def test_rest_channel_rounding_noise_is_zero() -> None:
     # 10.1 + 20.3 + 30.3 + (100 - 10.1 - 20.3 - 30.3) sums to 100 + 1.4e-14 in floats
-    space = agnp_space(constraint=False)
+    space = agnp_space(constraint_upper=None)
     r = recipe(q_agno3=10.1, q_pva=20.3, q_tsc=30.3, q_seed=100 - 10.1 - 20.3 - 30.3, q_tot=1e3)
     assert 100.0 - (r["q_agno3"] + r["q_pva"] + r["q_tsc"] + r["q_seed"]) < 0
     assert space.channels is not None

@@ -92,10 +92,11 @@ class LocalPenalizationEI:
 
     Each ``argmax`` runs over a candidate pool scored once per batch: ``pool_size``
     feasible scrambled-Sobol points, ``local_samples`` Gaussian perturbations
-    of the best measured recipes and ``acq_samples`` perturbations of the pool
-    points with the highest EI. After each pick the pool's penalised scores are
-    updated in closed form, so a batch of 15 costs one GP fit, two batched
-    posterior calls and 15 vector updates. With ``maxiter > 0`` the best
+    of the best measured recipes, ``acq_samples`` perturbations of the pool
+    points with the highest EI, and copies of the best of those moved onto the
+    faces and corners of the box (``face_snap``). After each pick the pool's
+    penalised scores are updated in closed form, so a batch of 15 costs one GP
+    fit, two batched posterior calls and 15 vector updates. With ``maxiter > 0`` the best
     ``num_restarts`` pool points of each step are also refined by SLSQP on the
     penalised acquisition (closed-form gradients) under the linear constraints.
     That is off by default: on a noisy 5-D Hartmann problem in the agnp space
@@ -117,6 +118,17 @@ class LocalPenalizationEI:
             (standard deviations 0.02, 0.05, 0.1 of the box).
         acq_samples: extra candidates around the 16 pool points of highest
             (unpenalised) acquisition (standard deviations 0.01, 0.03).
+        face_snap: adds, for the 64 pool points of highest acquisition, copies
+            with their coordinates within ``face_snap`` of a face of the box moved
+            onto it (all of them, each alone, and 8 random subsets): faces and
+            corners, which a continuous optimiser reaches and a quasi-random
+            pool almost never does. 0 turns it off. Default 0.5 (every
+            coordinate may go to its nearer face): on the simulated AgNP world
+            (optimum beyond the initial box, 10 seeds) it lowered the median
+            best true loss after round 3 from 0.060 to 0.050, level with
+            qLogNEI, and the box widened sooner; on the noisy 5-D Hartmann
+            problem above (optimum inside) the mean best after 5 rounds went
+            from -3.311 to -3.305 (-1.89 to -1.64 after round 1).
         num_restarts: pool points refined per batch point (when ``maxiter > 0``).
         maxiter: SLSQP iteration cap per refinement; 0 (default) picks from
             the pool only.
@@ -143,6 +155,7 @@ class LocalPenalizationEI:
         lipschitz_points: int = 512,
         fit_maxiter: int | None = None,
         penaliser: PenaliserKind = "hard",
+        face_snap: float = 0.5,
     ) -> None:
         if penaliser not in ("soft", "hard"):
             raise ValueError(f"penaliser must be 'soft' or 'hard', got {penaliser!r}")
@@ -155,6 +168,7 @@ class LocalPenalizationEI:
         self.pool_size = pool_size
         self.local_samples = local_samples
         self.acq_samples = acq_samples
+        self.face_snap = face_snap
         self.num_restarts = num_restarts
         self.maxiter = maxiter
         self.lipschitz_points = lipschitz_points
@@ -213,6 +227,11 @@ class LocalPenalizationEI:
                 # second stage: a finer look around the acquisition's best pool points
                 lead = pool[torch.topk(base_pool, min(16, len(pool))).indices]
                 extra = _local_samples(space, lead, self.acq_samples, seed + 2, (0.01, 0.03))
+                pool = torch.cat([pool, extra])
+                base_pool = torch.cat([base_pool, base(extra.unsqueeze(-2))])
+            if self.face_snap > 0:
+                lead = pool[torch.topk(base_pool, min(64, len(pool))).indices]
+                extra = _snap_to_faces(space, lead, self.face_snap, seed + 3)
                 pool = torch.cat([pool, extra])
                 base_pool = torch.cat([base_pool, base(extra.unsqueeze(-2))])
         penalty = torch.zeros_like(base_pool)
@@ -520,6 +539,24 @@ def _repair(space: Space, cand: Tensor, start: Tensor) -> Tensor:
         else:
             hi = mid
     return start + lo * (cand - start)
+
+
+def _snap_to_faces(space: Space, lead: Tensor, width: float, seed: int) -> Tensor:
+    """Copies of ``lead`` (m, d) with coordinates within ``width`` of a face of the
+    unit box moved onto it: all such coordinates at once, each alone, and 8 random
+    subsets. Only the feasible copies that differ from their source are kept."""
+    near_lo, near_hi = lead < width, lead > 1.0 - width
+    snapped = torch.where(near_lo, 0.0, torch.where(near_hi, 1.0, lead))
+    masks = [torch.ones(space.dim, dtype=torch.bool)]
+    masks += [torch.arange(space.dim) == j for j in range(space.dim)]
+    gen = torch.Generator().manual_seed(seed)
+    masks += list(torch.rand(8, space.dim, generator=gen) < 0.5)
+    out = [torch.where(m, snapped, lead) for m in masks]
+    u = torch.cat(out)
+    changed = (u != lead.repeat(len(masks), 1)).any(-1)
+    u = u[changed]
+    ok = space.is_feasible(space.from_unit(u.numpy()))
+    return u[torch.as_tensor(ok)]
 
 
 def _local_samples(
