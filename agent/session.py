@@ -100,7 +100,7 @@ async def run_campaign(
     journal = open_journal(cfg, seed, journal_path, resume, synchronous)
     try:
         if journal is not None and resume:
-            facts = await asyncio.to_thread(journal.facts)
+            facts = journal.facts()  # the journal's connection lives in this thread
             campaign = Campaign.restore(settings, seed, facts)
             log.info(
                 "campaign_resumed",
