@@ -123,7 +123,10 @@ async def run_campaign(
             journal=journal,
         )
         t0 = time.perf_counter()
-        await runtime.run()
+        if campaign.stopped:  # resumed a campaign whose stop rule had fired: nothing to do
+            log.info("campaign_already_stopped", reason=str(campaign.stop_reason))
+        else:
+            await runtime.run()
     finally:
         if journal is not None:
             journal.close()
