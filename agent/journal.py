@@ -284,9 +284,16 @@ class Journal:
 
     def rejection(self, now: float, fields: dict[str, Any]) -> None:
         """A message the runtime rejected before the core saw it."""
+        self._single(now, "rejection", "message_rejected", fields)
+
+    def note(self, now: float, event: str, fields: dict[str, Any]) -> None:
+        """A record of the shell's own (e.g. ``campaign_resumed``)."""
+        self._single(now, "note", event, fields)
+
+    def _single(self, now: float, what: str, kind: str, fields: dict[str, Any]) -> None:
         try:
             with self._transaction():
-                self._event(now, "rejection", "message_rejected", None, None, None, fields)
+                self._event(now, what, kind, None, None, None, fields)
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: write failed: {exc}") from exc
 

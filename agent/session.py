@@ -102,15 +102,16 @@ async def run_campaign(
         if journal is not None and resume:
             facts = journal.facts()  # the journal's connection lives in this thread
             campaign = Campaign.restore(settings, seed, facts)
-            log.info(
-                "campaign_resumed",
-                journal=str(journal.path),
-                rounds=campaign.rounds_complete,
-                conditions_done=sum(
+            resumed = {
+                "journal": str(journal.path),
+                "rounds": campaign.rounds_complete,
+                "conditions_done": sum(
                     r.state in ("complete", "failed") for r in campaign.conditions.values()
                 ),
-                active=campaign.active.cmd_id if campaign.active else "",
-            )
+                "active": campaign.active.cmd_id if campaign.active else "",
+            }
+            journal.note(time.time(), "campaign_resumed", resumed)
+            log.info("campaign_resumed", **resumed)
         else:
             campaign = Campaign(settings, seed=seed)
         runtime = AgentRuntime(
@@ -124,7 +125,12 @@ async def run_campaign(
         )
         t0 = time.perf_counter()
         if campaign.stopped:  # resumed a campaign whose stop rule had fired: nothing to do
-            log.info("campaign_already_stopped", reason=str(campaign.stop_reason))
+            why = campaign.stop_reason
+            log.info(
+                "campaign_already_stopped",
+                rule=why.rule if why else "",
+                reason=why.reason if why else "",
+            )
         else:
             await runtime.run()
     finally:
