@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 
 from agent.cli import main
 from agent.core.campaign import Campaign
@@ -36,6 +37,14 @@ from agent.journal import Journal, JournalRefused, export_csv
 
 ROLES = ("pump", "spectrometer", "xrd")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "agnp.toml"
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging():
+    """``main(["run", ...])`` configures structlog onto pytest's captured stderr; put it back."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 def new_journal(path: Path, **kw) -> Journal:
