@@ -218,7 +218,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from agent.journal import JournalRefused, export_csv
+    from agent.export import export_csv
+    from agent.journal import JournalRefused
 
     try:
         paths = export_csv(args.journal, args.csv)

@@ -6,8 +6,7 @@ status event or starts a proposal: one transaction per event, so a crash at
 any point leaves either the whole step on disk or none of it, and nothing the
 outside world saw is missing from the journal. :meth:`Journal.facts` reads back
 what :meth:`Campaign.restore <agent.core.campaign.Campaign.restore>` needs to
-rebuild the campaign; :func:`export_csv` writes ``conditions.csv`` and
-``replicates.csv``.
+rebuild the campaign; :func:`agent.export.export_csv` writes it out as CSV.
 
 Tables (``docs/journal.md`` says what is written when):
 
@@ -31,7 +30,6 @@ apply it twice.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import math
@@ -78,7 +76,6 @@ __all__ = [
     "JournalError",
     "JournalRefused",
     "config_hash",
-    "export_csv",
 ]
 
 SCHEMA_VERSION = 1
@@ -360,6 +357,12 @@ class Journal:
         out.sort(key=lambda sf: sf[0])
         return [f for _, f in out]
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """Rows of a read-only query over the tables (for export and reports)."""
+        if not sql.lstrip().upper().startswith("SELECT"):
+            raise ValueError("query() only reads")
+        return iter(self._db.execute(sql, params))
+
     def count(self, table: str) -> int:
         if table not in ("rounds", "conditions", "setpoints", "replicates", "events"):
             raise ValueError(f"no table {table!r}")
@@ -568,135 +571,6 @@ class Journal:
                 cid,
             ),
         )
-
-
-# --- export ------------------------------------------------------------------------
-
-
-def export_csv(path: Path | str, out_dir: Path | str) -> tuple[Path, Path]:
-    """Write ``conditions.csv`` (one row per condition, the run's own columns) and
-    ``replicates.csv`` (one row per spectrum received: verdict, loss, absorbances).
-
-    Raises:
-        JournalRefused: the journal is missing or unreadable.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with Journal.open(path) as j:
-        db = j._db
-        names = json.loads(j.meta["parameters"])
-        labels: dict[str, tuple[str, float]] = {}
-        for cid, body in db.execute(
-            "SELECT condition, body FROM events WHERE what = 'input' AND kind = 'phase_label' "
-            "ORDER BY seq"
-        ):
-            b = json.loads(body)
-            best = labels.get(cid)
-            if best is None or float(b["confidence"]) > best[1]:
-                labels[cid] = (b["phase"], float(b["confidence"]))
-        started = {r[0] for r in db.execute("SELECT DISTINCT condition FROM setpoints")}
-        conditions = out / "conditions.csv"
-        with conditions.open("w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(
-                [
-                    "condition",
-                    "round",
-                    "strategy",
-                    "status",
-                    *names,
-                    "n_used",
-                    "n_rejected",
-                    "median_loss",
-                    "loss_sd",
-                    "phase",
-                    "phase_confidence",
-                    "failure",
-                ]
-            )
-            for row in db.execute(
-                "SELECT condition, round, strategy, status, recipe, n_used, n_rejected, "
-                "median_loss, loss_sd, failure FROM conditions ORDER BY round, idx"
-            ):
-                cid, rnd, strategy, status, recipe, n_used, n_rej, med, sd, failure = row
-                recipe = json.loads(recipe)
-                if status == "queued" and cid in started:
-                    status = "interrupted"
-                phase = labels.get(cid)
-                w.writerow(
-                    [
-                        cid,
-                        rnd,
-                        strategy,
-                        status,
-                        *(f"{recipe[n]:.6g}" for n in names),
-                        n_used or 0,
-                        n_rej or 0,
-                        "" if med is None else f"{med:.6f}",
-                        "" if sd is None else f"{sd:.6f}",
-                        phase[0] if phase else "",
-                        f"{phase[1]:.3f}" if phase else "",
-                        failure or "",
-                    ]
-                )
-        replicates = out / "replicates.csv"
-        final: dict[str, tuple[int | None, set[int], dict[int, str]]] = {}
-        for cid, attempt, used, outliers in db.execute(
-            "SELECT condition, attempt, used, outliers FROM conditions WHERE done_seq IS NOT NULL"
-        ):
-            o = {int(k): why for k, _, why in json.loads(outliers or "[]")}
-            final[cid] = (attempt, set(json.loads(used or "[]")), o)
-        with replicates.open("w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            header_done = False
-            for row in db.execute(
-                "SELECT seq, condition, attempt, replicate, source, wl_start, wl_step, "
-                "spectrum, loss, verdict, code, reason FROM replicates ORDER BY seq"
-            ):
-                seq, cid, attempt, k, source, wl0, dwl, blob, loss, verdict, code, reason = row
-                values = np.frombuffer(blob, dtype="<f8")
-                if not header_done:
-                    wl = [wl0 + dwl * i for i in range(values.size)]
-                    w.writerow(
-                        [
-                            "seq",
-                            "condition",
-                            "attempt",
-                            "replicate",
-                            "source",
-                            "verdict",
-                            "code",
-                            "final",
-                            "loss",
-                            "reason",
-                            *(f"a_{x:g}" for x in wl),
-                        ]
-                    )
-                    header_done = True
-                fin = final.get(cid)
-                role = ""
-                if fin is not None and fin[0] == attempt and verdict == "accepted":
-                    role = "used" if k in fin[1] else "outlier" if k in fin[2] else ""
-                if fin is not None and fin[0] == attempt and k in fin[2]:
-                    role, reason = "outlier", fin[2][k]
-                w.writerow(
-                    [
-                        seq,
-                        cid,
-                        "" if attempt is None else attempt,
-                        k,
-                        source,
-                        verdict,
-                        code or "",
-                        role,
-                        "" if loss is None else f"{loss:.6f}",
-                        reason or "",
-                        *(f"{v:.6g}" for v in values),
-                    ]
-                )
-            if not header_done:
-                w.writerow(["seq", "condition", "attempt", "replicate", "source", "verdict"])
-    return conditions, replicates
 
 
 # --- helpers ---------------------------------------------------------------------

@@ -33,7 +33,8 @@ from agent.core.events import (
     SpectrumIn,
 )
 from agent.core.testing import TOY_GRID, toy_settings, toy_spectrum
-from agent.journal import Journal, JournalRefused, export_csv
+from agent.export import export_csv
+from agent.journal import Journal, JournalRefused
 
 ROLES = ("pump", "spectrometer", "xrd")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "agnp.toml"
