@@ -163,35 +163,51 @@ class Journal:
     ) -> Journal:
         """Start a new journal at ``path``.
 
+        The file is built under a temporary name and linked into place, so
+        ``path`` is either absent or a complete journal, even if the agent dies
+        while creating it.
+
         Raises:
             JournalRefused: something is already at ``path`` (it is never overwritten).
         """
         path = Path(path)
+        refusal = JournalRefused(
+            f"journal {path} already exists; resume it with --resume, or choose "
+            "another --journal/--out (a journal is never overwritten)"
+        )
+        if path.exists():
+            raise refusal
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:  # O_EXCL: two agents racing for one path cannot both win
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            raise JournalRefused(
-                f"journal {path} already exists; resume it with --resume, or choose "
-                "another --journal/--out (a journal is never overwritten)"
-            ) from None
-        os.close(fd)
-        conn = _connect(path, synchronous)
-        with conn:
-            conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
-            conn.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
-            meta = {
-                "schema_version": str(SCHEMA_VERSION),
-                "campaign_id": campaign_id,
-                "config_hash": config_hash,
-                "seed": str(int(seed)),
-                "parameters": json.dumps(list(parameters)),
-                "created_at": str(time.time()),
-            }
-            conn.execute("BEGIN")
-            conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-            conn.execute("COMMIT")
-        return cls(path, conn)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+        tmp.unlink(missing_ok=True)
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
+                meta = {
+                    "schema_version": str(SCHEMA_VERSION),
+                    "campaign_id": campaign_id,
+                    "config_hash": config_hash,
+                    "seed": str(int(seed)),
+                    "parameters": json.dumps(list(parameters)),
+                    "created_at": str(time.time()),
+                }
+                conn.execute("BEGIN")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+            _fsync(tmp)
+            try:  # link, not rename: it fails rather than replace what appeared meanwhile
+                os.link(tmp, path)
+            except FileExistsError:
+                raise refusal from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return cls(path, _connect(path, synchronous))
 
     @classmethod
     def open(
@@ -574,6 +590,14 @@ class Journal:
 
 
 # --- helpers ---------------------------------------------------------------------
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:

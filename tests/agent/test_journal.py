@@ -258,6 +258,7 @@ def test_an_existing_journal_is_never_overwritten(tmp_path):
     with pytest.raises(JournalRefused, match=r"already exists.*--resume"):
         new_journal(path)
     assert path.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if "creating" in p.name]  # built aside, linked in
 
 
 @pytest.mark.parametrize(
