@@ -313,7 +313,17 @@ class Journal:
     # ---------------------------------------------------------------- reading
 
     def facts(self) -> list[Fact]:
-        """What :meth:`Campaign.restore` needs, in the order it happened."""
+        """What :meth:`Campaign.restore` needs, in the order it happened.
+
+        Raises:
+            JournalRefused: a row cannot be read back (damaged contents).
+        """
+        try:
+            return self._facts()
+        except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
+            raise JournalRefused(f"journal {self.path} cannot be read back: {exc!r}") from None
+
+    def _facts(self) -> list[Fact]:
         db = self._db
         out: list[tuple[int, Fact]] = []
         for rnd, seq, x, strategy, notes, rng in db.execute(

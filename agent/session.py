@@ -13,7 +13,7 @@ from pathlib import Path
 import structlog
 
 from agent.config import CampaignConfig
-from agent.core.campaign import Campaign
+from agent.core.campaign import Campaign, RestoreError
 from agent.journal import Journal, JournalRefused, config_hash
 from agent.runtime import AgentRuntime
 from protocols import messages as m
@@ -101,7 +101,10 @@ async def run_campaign(
     try:
         if journal is not None and resume:
             facts = journal.facts()  # the journal's connection lives in this thread
-            campaign = Campaign.restore(settings, seed, facts)
+            try:
+                campaign = Campaign.restore(settings, seed, facts)
+            except RestoreError as exc:
+                raise JournalRefused(f"journal {journal.path} cannot be replayed: {exc}") from None
             resumed = {
                 "journal": str(journal.path),
                 "rounds": campaign.rounds_complete,

@@ -357,6 +357,23 @@ def test_cli_refuses_a_journal_written_with_another_seed(tmp_path, capsys):
     assert code == 2 and "another configuration" in capsys.readouterr().err
 
 
+def test_a_journal_whose_facts_contradict_each_other_is_refused(tmp_path, capsys):
+    from agent.config import CampaignConfig
+    from agent.session import open_journal
+
+    journal = tmp_path / "j.sqlite"
+    open_journal(CampaignConfig.from_toml(EXAMPLE), 0, journal, resume=False).close()
+    with sqlite3.connect(journal) as db:  # a setpoint for a condition never proposed
+        db.execute("INSERT INTO setpoints VALUES ('x.a1', 1, 0, 'r09-c01', 1, '{}')")
+    code = main(["run", str(EXAMPLE), "--journal", str(journal), "--resume"])
+    assert code == 2 and "cannot be replayed" in capsys.readouterr().err
+    with sqlite3.connect(journal) as db:  # a round whose recipes are not JSON
+        db.execute("DELETE FROM setpoints")
+        db.execute("INSERT INTO rounds VALUES (1, 2, 0, 'not json', '[]', '{}', NULL)")
+    code = main(["run", str(EXAMPLE), "--journal", str(journal), "--resume"])
+    assert code == 2 and "cannot be read back" in capsys.readouterr().err
+
+
 def test_announcements_are_journalled_before_they_are_published(tmp_path):
     settings = toy_settings(rounds=1, batch_size=2)
     seen: list[tuple[str, int]] = []
