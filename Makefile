@@ -32,6 +32,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/proposal_latency.py
 	$(BIN)/python bench/campaign_efficiency.py
+	$(BIN)/python bench/journal_cost.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-out

@@ -2,7 +2,8 @@
 
 Starts the simulated pump, spectrometer and XRD labeller as three separate
 processes (``python -m drivers ...``: the agent never imports a driver), runs
-the campaign in this process, writes ``conditions.csv`` and prints a summary.
+the campaign in this process, writes ``conditions.csv`` and a fresh
+``journal.sqlite`` (the previous demo's is replaced) and prints a summary.
 """
 
 from __future__ import annotations
@@ -114,15 +115,24 @@ def run_demo(
         return 2
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "agent.log"
+    journal = out_dir / "journal.sqlite"
+    for stale in (journal, *(journal.with_name(journal.name + s) for s in ("-wal", "-shm"))):
+        stale.unlink(missing_ok=True)  # the demo owns its output directory: a fresh journal
     print(f"sdl-agent demo: {rounds} rounds of {cfg.campaign.batch_size} on {base}")
     print(f"  drivers: {', '.join(ROLES)} (separate processes; logs in {out_dir}/logs/)")
-    print(f"  agent log (JSON lines): {log_path}")
+    print(f"  agent log (JSON lines): {log_path}; journal: {journal}")
     procs = start_drivers(base, time_scale=time_scale, seed=seed, log_dir=out_dir / "logs")
     try:
         with log_path.open("w", encoding="utf-8") as log_fh:
             configure_logging(log_level, stream=log_fh)
             outcome = asyncio.run(
-                run_campaign(cfg, seed=seed, out_dir=out_dir, on_status=_print_status)
+                run_campaign(
+                    cfg,
+                    seed=seed,
+                    out_dir=out_dir,
+                    on_status=_print_status,
+                    journal_path=journal,
+                )
             )
     finally:
         stop_drivers(procs)

@@ -47,6 +47,7 @@ from agent.core.events import (
 )
 from agent.core.sequence import SequenceTracker
 from agent.core.strategies.base import StrategyError
+from agent.journal import Journal, JournalError
 from protocols import messages as m
 from protocols.codec import DEFAULT_MAX_BYTES, decode, encode
 from protocols.errors import CodecError
@@ -96,6 +97,7 @@ class AgentRuntime:
             ack and late phase labels before closing.
         on_status: called with every status message published (the demo prints
             progress from it).
+        journal: where every step is written before it is acted on (None: nowhere).
     """
 
     def __init__(
@@ -110,8 +112,10 @@ class AgentRuntime:
         max_bytes: int = DEFAULT_MAX_BYTES,
         on_status: Callable[[m.Message], None] | None = None,
         context: zmq.asyncio.Context | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.campaign = campaign
+        self.journal = journal
         self.endpoints = endpoints
         self.clock = clock or MonotonicClock()
         self.heartbeat_interval = heartbeat_interval
@@ -171,7 +175,7 @@ class AgentRuntime:
             self._pub.bind(self.endpoints.status)
             log.info("agent_bound", **self.endpoints.__dict__)
             self.bound.set()
-            self._execute(self.campaign.start(self.clock.now()))
+            self._act(None, self.campaign.start(self.clock.now()))
             tasks = [
                 asyncio.create_task(self._commands(), name="commands"),
                 asyncio.create_task(self._events(), name="events"),
@@ -185,7 +189,7 @@ class AgentRuntime:
                     raise t.exception()  # type: ignore[misc]
             if self._stop_requested.is_set() and not self.campaign.stopped:
                 reason = getattr(self, "_stop_reason", "operator request")
-                self._execute(self.campaign.stop(self.clock.now(), reason, rule="operator"))
+                self._act(None, self.campaign.stop(self.clock.now(), reason, rule="operator"))
             await self._drain()
             stop_wait.cancel()
             done_wait.cancel()
@@ -235,7 +239,8 @@ class AgentRuntime:
                 next_beat = now + self.heartbeat_interval
                 for role in list(self._identity):
                     self._send(role, m.Heartbeat(**self._env(role)))
-            self._execute(self.campaign.handle(Tick(now)))
+            tick = Tick(now)
+            self._act(tick, self.campaign.handle(tick))
             await asyncio.sleep(self.tick_interval)
 
     # ------------------------------------------------------------ inbound
@@ -295,7 +300,7 @@ class AgentRuntime:
         self.campaign.driver_seen(role, now)
         event = self._to_event(msg, identity, now)
         if event is not None:
-            self._execute(self.campaign.handle(event))
+            self._act(event, self.campaign.handle(event))
 
     def _to_event(self, msg: m.Message, identity: bytes | None, now: float) -> Event | None:
         match msg:
@@ -350,8 +355,28 @@ class AgentRuntime:
         if msg is not None:
             fields.update(kind=msg.kind, source=msg.source, seq=msg.seq)
         log.warning("message_rejected", **fields)
+        if self.journal is not None:
+            self.journal.rejection(time.time(), fields)
 
     # ------------------------------------------------------------ outbound
+
+    def _act(
+        self,
+        event: Event | None,
+        decisions: list[Decision],
+        *,
+        rng_state: dict[str, Any] | None = None,
+    ) -> None:
+        """The seam: journal the step (the event and what the core decided), then act."""
+        if self.journal is not None:
+            try:
+                self.journal.commit(
+                    self.campaign, event, decisions, time.time(), rng_state=rng_state
+                )
+            except JournalError as exc:
+                log.error("journal_write_failed", reason=str(exc))
+                raise
+        self._execute(decisions)
 
     def _execute(self, decisions: list[Decision]) -> None:
         for d in decisions:
@@ -414,10 +439,12 @@ class AgentRuntime:
         try:
             batch, notes = await asyncio.to_thread(self.campaign.propose_batch)
         except (StrategyError, CampaignError) as exc:
-            self._execute(self.campaign.handle(ProposalFailed(str(exc), self.clock.now())))
+            failed = ProposalFailed(str(exc), self.clock.now())
+            self._act(failed, self.campaign.handle(failed))
             return
         log.info("proposal_computed", round=round_no, seconds=round(time.perf_counter() - t0, 3))
-        self._execute(self.campaign.handle(ProposalReady(batch, notes, self.clock.now())))
+        ready = ProposalReady(batch, notes, self.clock.now())
+        self._act(ready, self.campaign.handle(ready), rng_state=self.campaign.rng_state)
 
     def _send(self, role: str, msg: m.Message) -> None:
         identity = self._identity.get(role)

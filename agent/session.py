@@ -10,13 +10,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from agent.config import CampaignConfig
-from agent.core.campaign import Campaign
+from agent.core.campaign import Campaign, RestoreError
+from agent.journal import Journal, JournalRefused, config_hash
 from agent.runtime import AgentRuntime
 from protocols import messages as m
 from protocols.sockets import Endpoints
 
-__all__ = ["CampaignOutcome", "run_campaign", "write_conditions_csv"]
+__all__ = ["CampaignOutcome", "open_journal", "run_campaign", "write_conditions_csv"]
+
+log = structlog.get_logger("sdl_agent")
 
 
 @dataclass
@@ -76,22 +81,93 @@ async def run_campaign(
     out_dir: Path,
     on_status: Callable[[m.Message], None] | None = None,
     drain_s: float = 2.0,
+    journal_path: Path | None = None,
+    resume: bool = False,
+    synchronous: str = "NORMAL",
 ) -> CampaignOutcome:
-    """Run ``cfg`` live until it stops; write ``conditions.csv`` into ``out_dir``."""
-    campaign = Campaign(cfg.to_settings(), seed=seed)
-    initial_box = {p.name: (p.lower, p.upper) for p in campaign.space.parameters}
-    runtime = AgentRuntime(
-        campaign,
-        Endpoints.from_base(cfg.bus.base),
-        heartbeat_interval=cfg.drivers.heartbeat_interval_s,
-        max_bytes=cfg.bus.max_message_bytes,
-        drain_s=drain_s,
-        on_status=on_status,
-    )
-    t0 = time.perf_counter()
-    await runtime.run()
+    """Run ``cfg`` live until it stops; write ``conditions.csv`` into ``out_dir``.
+
+    With ``journal_path``, every step is journalled there first; ``resume``
+    rebuilds the campaign from that journal and carries on (see
+    :meth:`Campaign.restore`), else the journal must not exist yet.
+
+    Raises:
+        JournalRefused: the journal exists (without ``resume``), or is missing,
+            corrupt or another campaign's (with it); nothing is written then.
+    """
+    settings = cfg.to_settings()
+    initial_box = {p.name: (p.lower, p.upper) for p in settings.space.parameters}
+    journal = open_journal(cfg, seed, journal_path, resume, synchronous)
+    try:
+        if journal is not None and resume:
+            facts = journal.facts()  # the journal's connection lives in this thread
+            try:
+                campaign = Campaign.restore(settings, seed, facts)
+            except RestoreError as exc:
+                raise JournalRefused(f"journal {journal.path} cannot be replayed: {exc}") from None
+            resumed = {
+                "journal": str(journal.path),
+                "rounds": campaign.rounds_complete,
+                "conditions_done": sum(
+                    r.state in ("complete", "failed") for r in campaign.conditions.values()
+                ),
+                "active": campaign.active.cmd_id if campaign.active else "",
+            }
+            journal.note(time.time(), "campaign_resumed", resumed)
+            log.info("campaign_resumed", **resumed)
+        else:
+            campaign = Campaign(settings, seed=seed)
+        runtime = AgentRuntime(
+            campaign,
+            Endpoints.from_base(cfg.bus.base),
+            heartbeat_interval=cfg.drivers.heartbeat_interval_s,
+            max_bytes=cfg.bus.max_message_bytes,
+            drain_s=drain_s,
+            on_status=on_status,
+            journal=journal,
+        )
+        t0 = time.perf_counter()
+        if campaign.stopped:  # resumed a campaign whose stop rule had fired: nothing to do
+            why = campaign.stop_reason
+            log.info(
+                "campaign_already_stopped",
+                rule=why.rule if why else "",
+                reason=why.reason if why else "",
+            )
+        else:
+            await runtime.run()
+    finally:
+        if journal is not None:
+            journal.close()
     path = await asyncio.to_thread(write_conditions_csv, campaign, out_dir / "conditions.csv")
     return CampaignOutcome(campaign, runtime, initial_box, path, time.perf_counter() - t0)
+
+
+def open_journal(
+    cfg: CampaignConfig, seed: int, path: Path | None, resume: bool, synchronous: str = "NORMAL"
+) -> Journal | None:
+    """Create (or, to resume, open and check) the campaign's journal; None without a path.
+
+    Raises:
+        JournalRefused: see :func:`run_campaign`.
+    """
+    if path is None:
+        if resume:
+            raise JournalRefused("--resume needs a journal")
+        return None
+    digest = config_hash(cfg, seed)
+    if resume:
+        return Journal.open(
+            path, campaign_id=cfg.campaign.id, config_hash=digest, synchronous=synchronous
+        )
+    return Journal.create(
+        path,
+        campaign_id=cfg.campaign.id,
+        config_hash=digest,
+        seed=seed,
+        parameters=[p.name for p in cfg.parameters],
+        synchronous=synchronous,
+    )
 
 
 def write_conditions_csv(campaign: Campaign, path: Path) -> Path:

@@ -30,7 +30,7 @@ transition raises :class:`CampaignError`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,6 +56,15 @@ from agent.core.events import (
     SpectrumIn,
     Tick,
 )
+from agent.core.history import (
+    ConditionOutcome,
+    ConditionRetried,
+    Fact,
+    PhaseLabelled,
+    RoundProposed,
+    SetpointAnswered,
+    SetpointSent,
+)
 from agent.core.replicates import ConditionReplicates, Grid, Rejected, ReplicateSettings
 from agent.core.space import Space
 from agent.core.stopping import Progress, StopReason, StopRule
@@ -67,6 +76,7 @@ __all__ = [
     "CampaignSettings",
     "ConditionRecord",
     "Expander",
+    "RestoreError",
     "Result",
     "TellError",
 ]
@@ -78,6 +88,10 @@ class CampaignError(Exception):
 
 class TellError(CampaignError, ValueError):
     """``tell`` was given results it cannot accept; nothing was changed."""
+
+
+class RestoreError(CampaignError, ValueError):
+    """The facts given to :meth:`Campaign.restore` do not fit together (a corrupt journal)."""
 
 
 class Expander(Protocol):
@@ -213,6 +227,7 @@ class Campaign:
         self._proposing = False
         self._lost: set[str] = set()  # drivers that went down since the last resume
         self._notes_last_proposal: dict[str, object] = {}
+        self._lost_reason = "the pump was lost while it ran"
         #: every widening of the box so far (records from the expansion rule)
         self.expansions: list[Any] = []
 
@@ -221,6 +236,11 @@ class Campaign:
     @property
     def stopped(self) -> bool:
         return self.state == "stopped"
+
+    @property
+    def active(self) -> ConditionRecord | None:
+        """The condition being set or measured now (None between conditions)."""
+        return self.conditions.get(self._active) if self._active else None
 
     @property
     def round(self) -> int:
@@ -349,6 +369,11 @@ class Campaign:
         if self.state != "waiting" or self._started_at is not None:
             raise CampaignError(f"start() in state {self.state!r}")
         self._started_at = now
+        for rec in self.conditions.values():  # a restored campaign's timers start now
+            if rec.state not in ("complete", "failed"):
+                rec.state_since = now
+        for p in self._pending.values():
+            p.sent_at = now
         out: list[Decision] = [
             Note("campaign_started", {"required": list(self.settings.required_roles)})
         ]
@@ -393,6 +418,44 @@ class Campaign:
             return []
         return self._stop(now, StopReason(rule, reason))
 
+    # ------------------------------------------------------------- restore
+
+    @classmethod
+    def restore(cls, settings: Any, seed: int, facts: Iterable[Fact]) -> Campaign:
+        """Rebuild a campaign from its journalled facts, in the order they happened.
+
+        Rounds are re-created from their journalled batches (never recomputed)
+        and the generator takes the state journalled with the last one, so the
+        next proposal equals the one an uninterrupted run would make. Finished
+        conditions keep their outcome and are not measured again; each finished
+        round is told to the strategy data, the boundary rule and the stop rules
+        exactly as it was live. The condition in flight when the journal ends:
+
+        - setpoint sent but not acknowledged: it stays pending with the same
+          ``cmd_id`` and is resent when the drivers are up (the pump applies a
+          ``cmd_id`` at most once, so a setpoint it already took is not applied
+          again);
+        - setpoint acknowledged (settling or measuring): the pump may have gone
+          to its safe state since, so the condition starts a new attempt (a new
+          ``cmd_id``); its earlier replicates are not used.
+
+        An operator stop is not a fact: a restored campaign carries on.
+
+        Raises:
+            RestoreError: the facts contradict each other (unknown condition,
+                rounds out of order, ...).
+        """
+        campaign = cls(settings, seed)
+        for fact in facts:
+            campaign._replay(fact)
+        campaign._settle_restore()
+        return campaign
+
+    @property
+    def rng_state(self) -> dict[str, Any]:
+        """The generator's state (JSON-able); journalled with every accepted round."""
+        return dict(self.rng.bit_generator.state)
+
     # ============================================================ internals
 
     def _accept(self, batch: Batch, notes: dict[str, object]) -> None:
@@ -402,6 +465,86 @@ class Campaign:
         self._asked_tags = batch.strategy
         self._proposals.append(batch.x)
         self._notes_last_proposal = notes
+
+    # --- restore: replaying journalled facts -----------------------------------
+
+    def _replay(self, fact: Fact) -> None:
+        match fact:
+            case RoundProposed():
+                if fact.round != self.round + 1 or self._queue or self._asked is not None:
+                    raise RestoreError(
+                        f"round {fact.round} proposed while round {self.round} is unfinished "
+                        "or out of order"
+                    )
+                self._accept(Batch(np.asarray(fact.x, float), fact.strategy), fact.notes)
+                self._start_round(0.0)
+                if fact.rng_state is not None:
+                    self.rng.bit_generator.state = fact.rng_state
+            case SetpointSent():
+                rec = self._restored(fact.condition)
+                if rec.state in ("complete", "failed"):
+                    raise RestoreError(f"setpoint {fact.cmd_id} for finished {rec.condition}")
+                if rec.condition in self._queue:
+                    self._queue.remove(rec.condition)
+                self._drop_pending(rec.condition)
+                self._active = rec.condition
+                rec.attempt, rec.cmd_id, rec.state = fact.attempt, fact.cmd_id, "setting"
+                rec.replicates = None
+                d = SendSetpoint(rec.cmd_id, rec.condition, dict(rec.flows), rec.attempt)
+                self._command(d, self.settings.pump_role, 0.0)
+            case SetpointAnswered():
+                p = self._pending.pop(fact.cmd_id, None)
+                if p is not None and isinstance(p.decision, SendSetpoint) and fact.accepted:
+                    rec = self.conditions[p.decision.condition]
+                    if rec.cmd_id == fact.cmd_id and rec.state == "setting":
+                        rec.state = "settling"
+            case ConditionRetried():
+                self._restored(fact.condition).timeouts += 1
+            case PhaseLabelled():
+                self._restored(fact.condition).labels.append((fact.phase, fact.confidence))
+            case ConditionOutcome():
+                self._replay_outcome(fact)
+            case _:
+                raise RestoreError(f"not a journal fact: {fact!r}")
+
+    def _restored(self, condition: str) -> ConditionRecord:
+        rec = self.conditions.get(condition)
+        if rec is None:
+            raise RestoreError(f"the journal names condition {condition!r} before proposing it")
+        return rec
+
+    def _replay_outcome(self, fact: ConditionOutcome) -> None:
+        rec = self._restored(fact.condition)
+        if fact.status not in ("complete", "failed") or rec.state in ("complete", "failed"):
+            raise RestoreError(f"{rec.condition}: outcome {fact.status!r} in state {rec.state!r}")
+        if fact.status == "complete" and fact.median_loss is None:
+            raise RestoreError(f"{rec.condition}: complete without a median loss")
+        rec.state = fact.status
+        rec.median_loss, rec.loss_sd, rec.median_sd = fact.median_loss, fact.loss_sd, fact.median_sd
+        rec.median_spectrum = fact.median_spectrum
+        rec.n_used, rec.n_rejected, rec.failure = fact.n_used, fact.n_rejected, fact.failure
+        rec.replicates = None
+        self._drop_pending(rec.condition)
+        if rec.condition in self._queue:
+            self._queue.remove(rec.condition)
+        if self._active == rec.condition:
+            self._active = None
+        recs = [self.conditions[c] for c in self._round_ids[rec.round - 1]]
+        if all(r.state in ("complete", "failed") for r in recs):
+            _, reason, _ = self._tell_round(rec.round, recs)
+            if reason is not None:
+                self.state, self.stop_reason = "stopped", reason
+                self._queue.clear()
+                self._pending.clear()
+
+    def _settle_restore(self) -> None:
+        """After the last fact: put the condition in flight where the rules above say."""
+        rec = self.conditions.get(self._active) if self._active else None
+        if rec is None or self.stopped:
+            return
+        if rec.state in ("settling", "measuring"):
+            self._lost.add(self.settings.pump_role)
+            self._lost_reason = "the agent restarted after the pump had taken this setpoint"
 
     def _record(self, x: np.ndarray, r: Result, round_no: int) -> None:
         self._x.append(np.asarray(x, dtype=float))
@@ -594,9 +737,30 @@ class Campaign:
         return out
 
     def _round_done(self, round_no: int, recs: list[ConditionRecord], now: float) -> list[Decision]:
+        out, reason, n_done = self._tell_round(round_no, recs)
+        best = self.best
+        out.insert(
+            0,
+            Announce(
+                "round_complete",
+                {
+                    "round": round_no,
+                    "best_loss": None if best is None else best[1],
+                    "best_condition": self._best_condition(),
+                    "n_complete": n_done,
+                    "n_failed": len(recs) - n_done,
+                },
+            ),
+        )
+        if reason is not None:
+            out += self._stop(now, reason)
+        return out
+
+    def _tell_round(
+        self, round_no: int, recs: list[ConditionRecord]
+    ) -> tuple[list[Decision], StopReason | None, int]:
+        """Tell a finished round's completed conditions (failed ones are not data)."""
         done = [r for r in recs if r.state == "complete" and r.median_loss is not None]
-        # tell() the completed conditions; failed ones are not data.
-        [r.recipe for r in done]
         results = [
             Result(
                 loss=float(r.median_loss),  # type: ignore[arg-type]
@@ -610,23 +774,7 @@ class Campaign:
             self._record(self.space.to_array([r.recipe])[0], res, round_no)
         self._asked = None
         out, reason = self._finish_round(round_no)
-        best = self.best
-        out.insert(
-            0,
-            Announce(
-                "round_complete",
-                {
-                    "round": round_no,
-                    "best_loss": None if best is None else best[1],
-                    "best_condition": self._best_condition(),
-                    "n_complete": len(done),
-                    "n_failed": len(recs) - len(done),
-                },
-            ),
-        )
-        if reason is not None:
-            out += self._stop(now, reason)
-        return out
+        return out, reason, len(done)
 
     def _stop(self, now: float, reason: StopReason) -> list[Decision]:
         self.state = "stopped"
@@ -721,13 +869,14 @@ class Campaign:
         condition starts again (new attempt, new command id); else resend what is
         still unacknowledged, now."""
         lost, self._lost = self._lost, set()
+        reason, self._lost_reason = self._lost_reason, "the pump was lost while it ran"
         rec = self.conditions.get(self._active) if self._active else None
         if self.settings.pump_role in lost and rec is not None and rec.state != "queued":
             self._drop_pending(rec.condition)
             self._set_state(rec, "queued", now)
             note = Note(
                 "condition_restarted",
-                {"condition": rec.condition, "reason": "the pump was lost while it ran"},
+                {"condition": rec.condition, "reason": reason},
                 "warning",
             )
             return [note, *self._send_setpoint(rec, now)]

@@ -456,6 +456,13 @@ class ConditionReplicates:
             self._status = self._make_status()
         return self._status
 
+    def loss_of(self, replicate: int) -> float | None:
+        """The loss of an accepted (valid) replicate, None if it was not accepted."""
+        try:
+            return self._losses[self._ids.index(replicate)]
+        except ValueError:
+            return None
+
     def need_more(self, outstanding: int = 0) -> int:
         """How many droplets to ask for now.
 

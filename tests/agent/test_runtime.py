@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import time
 
 import numpy as np
@@ -21,6 +22,7 @@ import zmq.asyncio
 from agent.core.campaign import Campaign
 from agent.core.testing import TOY_GRID, toy_settings, toy_spectrum
 from agent.demo import find_free_base
+from agent.journal import Journal
 from agent.runtime import AgentRuntime
 from protocols import messages as m
 from protocols.codec import decode, encode
@@ -63,13 +65,15 @@ class Peer:
         self.pub.close(0)
 
 
-async def serve(peer: Peer, recipes: dict[str, dict[str, float]]) -> None:
-    """Answer the agent as a perfect instrument would."""
+async def serve(peer: Peer, recipes: dict[str, dict[str, float]], on_message=None) -> None:
+    """Answer the agent as a perfect instrument would (``on_message`` sees each message first)."""
     await peer.subscribed()
     await peer.tell(m.Hello, role=peer.role, session=m.new_id())
     replicate: dict[str, int] = {}
     while True:
         msg = decode(await peer.dealer.recv_multipart())
+        if on_message is not None:
+            on_message(peer, msg)
         if isinstance(msg, m.Hello):  # the agent greets drivers it does not know
             await peer.tell(m.Hello, role=peer.role, session=m.new_id())
         elif isinstance(msg, m.Heartbeat):
@@ -175,15 +179,23 @@ def ctx():
     c.term()
 
 
-async def run_agent(campaign, ep, ctx, peers_roles=("pump", "spectrometer", "xrd")):
+async def run_agent(
+    campaign, ep, ctx, peers_roles=("pump", "spectrometer", "xrd"), journal=None, on_message=None
+):
     rt = AgentRuntime(
-        campaign, ep, tick_interval=0.005, heartbeat_interval=0.1, drain_s=0.5, context=ctx
+        campaign,
+        ep,
+        tick_interval=0.005,
+        heartbeat_interval=0.1,
+        drain_s=0.5,
+        context=ctx,
+        journal=journal,
     )
     agent = asyncio.create_task(rt.run(install_signals=False))
     await asyncio.wait_for(rt.bound.wait(), TIMEOUT)
     recipes: dict[str, dict[str, float]] = {}
     peers = [Peer(ctx, ep, role) for role in peers_roles]
-    tasks = [asyncio.create_task(serve(p, recipes)) for p in peers]
+    tasks = [asyncio.create_task(serve(p, recipes, on_message)) for p in peers]
     return rt, agent, peers, tasks
 
 
@@ -258,6 +270,49 @@ async def test_bad_input_is_rejected_with_reasons_and_nothing_is_lost(ctx):
         900 not in (c.replicates.status().used if c.replicates else ())
         for c in campaign.conditions.values()
     )
+
+
+async def test_every_command_is_journalled_before_it_reaches_a_driver(ctx, tmp_path):
+    """The instruments look into the journal (their own connection) as each command arrives."""
+    ep = Endpoints.from_base(find_free_base())
+    campaign = Campaign(toy_settings(rounds=2), seed=5)
+    path = tmp_path / "journal.sqlite"
+    journal = Journal.create(
+        path, campaign_id="toy", config_hash="0" * 64, seed=5, parameters=["a", "b"]
+    )
+    reader = sqlite3.connect(path)
+    missing: list[str] = []
+    seen: list[str] = []
+
+    def look(peer: Peer, msg: m.Message) -> None:
+        if isinstance(msg, m.Setpoint):
+            sql = "SELECT count(*) FROM setpoints WHERE cmd_id = ?"
+        elif isinstance(msg, m.Acquire | m.SafeState):
+            sql = "SELECT count(*) FROM events WHERE what = 'command' AND cmd_id = ?"
+        else:
+            return
+        seen.append(msg.cmd_id)
+        if reader.execute(sql, (msg.cmd_id,)).fetchone()[0] != 1:
+            missing.append(msg.cmd_id)
+
+    try:
+        rt, agent, peers, tasks = await run_agent(
+            campaign, ep, ctx, journal=journal, on_message=look
+        )
+        await rt.wait_until(
+            lambda: any(c.state == "measuring" for c in campaign.conditions.values()), TIMEOUT
+        )
+        n_bad = await rogue(ctx, ep, campaign.active.condition)
+        await finish(agent, peers, tasks)
+    finally:
+        journal.close()
+    assert campaign.stopped and len(seen) > 16 and missing == []
+    rows = reader.execute("SELECT count(*) FROM events WHERE what = 'rejection'").fetchone()[0]
+    assert 5 <= rows <= n_bad  # codec-level rejections, journalled (ZeroMQ drops the oversized)
+    with Journal.open(path) as j:
+        restored = Campaign.restore(toy_settings(rounds=2), 5, j.facts())
+    assert restored.stopped and restored.best_by_round == campaign.best_by_round
+    reader.close()
 
 
 async def test_gap_in_a_sources_sequence_is_logged_and_counted(ctx):

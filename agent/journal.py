@@ -1,0 +1,678 @@
+"""The campaign journal: one SQLite file per campaign, written before anything is acted on.
+
+The runtime feeds the core an event, gets its decisions back, and calls
+:meth:`Journal.commit` with both *before* it sends a command, publishes a
+status event or starts a proposal: one transaction per event, so a crash at
+any point leaves either the whole step on disk or none of it, and nothing the
+outside world saw is missing from the journal. :meth:`Journal.facts` reads back
+what :meth:`Campaign.restore <agent.core.campaign.Campaign.restore>` needs to
+rebuild the campaign; :func:`agent.export.export_csv` writes it out as CSV.
+
+Tables (``docs/journal.md`` says what is written when):
+
+- ``meta``: schema version, campaign id, config hash, seed, parameter names.
+- ``rounds``: each accepted batch (recipes, strategy tags, notes, generator state).
+- ``conditions``: one row per proposed condition; its outcome when it finishes.
+- ``setpoints``: the first sending of each setpoint command (resends are not rows).
+- ``replicates``: every spectrum that arrived, its loss and its verdict.
+- ``events``: every other input that changed something, every decision
+  (commands, status announcements, log notes) and every rejection.
+
+WAL mode with ``synchronous=NORMAL`` by default: a commit is a ``write()`` to
+the WAL, which survives the agent being killed (the reliability bar); only a
+power cut can lose the last commits, never corrupt the file. ``FULL`` (an
+fsync per commit, ~4 ms here; ``bench/journal_cost.py``) is one option away.
+Command ids are deterministic (``campaign.condition.aN``), so even a setpoint
+whose journal row was lost is resent under the same id and the pump does not
+apply it twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.core.campaign import Campaign
+from agent.core.events import (
+    AcquireAcked,
+    Announce,
+    Decision,
+    Event,
+    FlowStable,
+    Note,
+    PhaseLabelIn,
+    ProposalReady,
+    RequestProposal,
+    SendAcquire,
+    SendSafeState,
+    SendSetpoint,
+    SetpointAcked,
+    SpectrumIn,
+    Tick,
+)
+from agent.core.history import (
+    ConditionOutcome,
+    ConditionRetried,
+    Fact,
+    PhaseLabelled,
+    RoundProposed,
+    SetpointAnswered,
+    SetpointSent,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Journal",
+    "JournalError",
+    "JournalRefused",
+    "config_hash",
+]
+
+SCHEMA_VERSION = 1
+_APPLICATION_ID = 0x53444C4A  # "SDLJ": PRAGMA application_id marks our files
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE rounds (
+    round INTEGER PRIMARY KEY, seq INTEGER NOT NULL, at REAL NOT NULL,
+    x TEXT NOT NULL, strategy TEXT NOT NULL, notes TEXT NOT NULL, rng_state TEXT
+);
+CREATE TABLE conditions (
+    condition TEXT PRIMARY KEY, seq INTEGER NOT NULL, round INTEGER NOT NULL,
+    idx INTEGER NOT NULL, strategy TEXT NOT NULL, recipe TEXT NOT NULL, flows TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'queued', done_seq INTEGER, attempt INTEGER, cmd_id TEXT,
+    median_loss REAL, loss_sd REAL, median_sd REAL, median_spectrum BLOB,
+    n_used INTEGER, n_rejected INTEGER, used TEXT, outliers TEXT, reason TEXT, failure TEXT
+);
+CREATE TABLE setpoints (
+    cmd_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, at REAL NOT NULL,
+    condition TEXT NOT NULL, attempt INTEGER NOT NULL, flows TEXT NOT NULL
+);
+CREATE TABLE replicates (
+    seq INTEGER PRIMARY KEY, at REAL NOT NULL, condition TEXT NOT NULL, attempt INTEGER,
+    replicate INTEGER NOT NULL, source TEXT NOT NULL, wl_start REAL, wl_step REAL,
+    spectrum BLOB NOT NULL, loss REAL, verdict TEXT NOT NULL, code TEXT, reason TEXT
+);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY, at REAL NOT NULL, what TEXT NOT NULL, kind TEXT NOT NULL,
+    round INTEGER, condition TEXT, cmd_id TEXT, body TEXT NOT NULL
+);
+CREATE INDEX events_kind ON events (what, kind);
+"""
+
+_SYNC = ("NORMAL", "FULL")
+
+
+class JournalError(Exception):
+    """A journal could not be written or read."""
+
+
+class JournalRefused(JournalError):
+    """A journal that must not be used: corrupt, another campaign's, or already there."""
+
+
+def config_hash(config: Any, seed: int) -> str:
+    """SHA-256 of what defines a campaign: the validated config (not where the bus
+    binds) with its target spectrum, and the seed."""
+    dumped = config.model_dump(mode="json", exclude={"bus", "base_dir"})
+    target = np.ascontiguousarray(config.target(), dtype="<f8").tobytes()
+    h = hashlib.sha256(json.dumps(dumped, sort_keys=True).encode())
+    h.update(target)
+    h.update(str(int(seed)).encode())
+    return h.hexdigest()
+
+
+class Journal:
+    """One campaign's journal file. Use :meth:`create` or :meth:`open`, then :meth:`close`.
+
+    Args are those of :meth:`create`; the constructor is private.
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._db = conn
+        self._seq = self._max_seq()
+        self._commands: set[str] = {
+            r[0] for r in conn.execute("SELECT cmd_id FROM events WHERE what = 'command'")
+        }
+        self._commands |= {r[0] for r in conn.execute("SELECT cmd_id FROM setpoints")}
+        self.meta: dict[str, str] = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+
+    # ---------------------------------------------------------------- opening
+
+    @classmethod
+    def create(
+        cls,
+        path: Path | str,
+        *,
+        campaign_id: str,
+        config_hash: str,
+        seed: int,
+        parameters: Sequence[str],
+        synchronous: str = "NORMAL",
+    ) -> Journal:
+        """Start a new journal at ``path``.
+
+        The file is built under a temporary name and linked into place, so
+        ``path`` is either absent or a complete journal, even if the agent dies
+        while creating it.
+
+        Raises:
+            JournalRefused: something is already at ``path`` (it is never overwritten).
+        """
+        path = Path(path)
+        refusal = JournalRefused(
+            f"journal {path} already exists; resume it with --resume, or choose "
+            "another --journal/--out (a journal is never overwritten)"
+        )
+        if path.exists():
+            raise refusal
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+        tmp.unlink(missing_ok=True)
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
+                meta = {
+                    "schema_version": str(SCHEMA_VERSION),
+                    "campaign_id": campaign_id,
+                    "config_hash": config_hash,
+                    "seed": str(int(seed)),
+                    "parameters": json.dumps(list(parameters)),
+                    "created_at": str(time.time()),
+                }
+                conn.execute("BEGIN")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+            _fsync(tmp)
+            try:  # link, not rename: it fails rather than replace what appeared meanwhile
+                os.link(tmp, path)
+            except FileExistsError:
+                raise refusal from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return cls(path, _connect(path, synchronous))
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | str,
+        *,
+        campaign_id: str | None = None,
+        config_hash: str | None = None,
+        synchronous: str = "NORMAL",
+        check: bool = True,
+    ) -> Journal:
+        """Open an existing journal, refusing one that is corrupt or another campaign's.
+
+        Raises:
+            JournalRefused: no such file, not a journal, corrupt, another schema
+                version, or (when given) another campaign id or config hash.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise JournalRefused(f"no journal at {path} to resume")
+        try:  # validate before any pragma that would write to the file
+            conn = sqlite3.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise JournalRefused(f"journal {path} cannot be opened: {exc}") from None
+        try:
+            meta = _read_meta(path, conn, check)
+            if campaign_id is not None and meta["campaign_id"] != campaign_id:
+                raise JournalRefused(
+                    f"journal {path} belongs to campaign {meta['campaign_id']!r}, "
+                    f"not {campaign_id!r}"
+                )
+            if config_hash is not None and meta["config_hash"] != config_hash:
+                raise JournalRefused(
+                    f"journal {path} was written with another configuration of campaign "
+                    f"{meta['campaign_id']!r} (config hash {meta['config_hash'][:12]}, "
+                    f"this run's {config_hash[:12]}; the seed counts too); resume with the "
+                    "same campaign file, overrides and seed"
+                )
+            _configure(conn, path, synchronous)
+            return cls(path, conn)
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- writing
+
+    def commit(
+        self,
+        campaign: Campaign,
+        event: Event | None,
+        decisions: Sequence[Decision],
+        now: float,
+        *,
+        rng_state: dict[str, Any] | None = None,
+    ) -> None:
+        """Write one step (the event fed to ``campaign`` and the decisions it returned)
+        in one transaction, before any decision is carried out.
+
+        An input that changed nothing (a tick with no decisions, a repeated
+        readback) writes nothing; a resend of a journalled command is not written
+        again. ``rng_state`` goes with a :class:`ProposalReady` that was accepted.
+
+        Raises:
+            JournalError: the write failed (disk full, file gone); the caller must
+                not act on the decisions.
+        """
+        if not decisions and (event is None or isinstance(event, Tick | FlowStable)):
+            return
+        try:
+            with self._transaction():
+                if event is not None:
+                    self._write_event(campaign, event, decisions, now, rng_state)
+                for d in decisions:
+                    self._write_decision(campaign, d, now)
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: write failed: {exc}") from exc
+
+    def rejection(self, now: float, fields: dict[str, Any]) -> None:
+        """A message the runtime rejected before the core saw it."""
+        self._single(now, "rejection", "message_rejected", fields)
+
+    def note(self, now: float, event: str, fields: dict[str, Any]) -> None:
+        """A record of the shell's own (e.g. ``campaign_resumed``)."""
+        self._single(now, "note", event, fields)
+
+    def _single(self, now: float, what: str, kind: str, fields: dict[str, Any]) -> None:
+        try:
+            with self._transaction():
+                self._event(now, what, kind, None, None, None, fields)
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: write failed: {exc}") from exc
+
+    # ---------------------------------------------------------------- reading
+
+    def facts(self) -> list[Fact]:
+        """What :meth:`Campaign.restore` needs, in the order it happened.
+
+        Raises:
+            JournalRefused: a row cannot be read back (damaged contents).
+        """
+        try:
+            return self._facts()
+        except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
+            raise JournalRefused(f"journal {self.path} cannot be read back: {exc!r}") from None
+
+    def _facts(self) -> list[Fact]:
+        db = self._db
+        out: list[tuple[int, Fact]] = []
+        for rnd, seq, x, strategy, notes, rng in db.execute(
+            "SELECT round, seq, x, strategy, notes, rng_state FROM rounds"
+        ):
+            out.append(
+                (
+                    seq,
+                    RoundProposed(
+                        rnd,
+                        np.array(json.loads(x), dtype=float),
+                        tuple(json.loads(strategy)),
+                        json.loads(notes),
+                        json.loads(rng) if rng else None,
+                    ),
+                )
+            )
+        for seq, cid, cmd_id, attempt in db.execute(
+            "SELECT seq, condition, cmd_id, attempt FROM setpoints"
+        ):
+            out.append((seq, SetpointSent(cid, cmd_id, attempt)))
+        for seq, kind, cid, cmd_id, body in db.execute(
+            "SELECT seq, kind, condition, cmd_id, body FROM events WHERE what = 'input' "
+            "AND kind IN ('setpoint_ack', 'phase_label') "
+            "UNION ALL SELECT seq, kind, condition, cmd_id, body FROM events "
+            "WHERE what = 'note' AND kind = 'condition_retry'"
+        ):
+            b = json.loads(body)
+            if kind == "setpoint_ack":
+                out.append((seq, SetpointAnswered(cmd_id, bool(b["accepted"]))))
+            elif kind == "phase_label":
+                out.append((seq, PhaseLabelled(cid, b["phase"], float(b["confidence"]))))
+            else:
+                out.append((seq, ConditionRetried(cid)))
+        for row in db.execute(
+            "SELECT done_seq, condition, status, median_loss, loss_sd, median_sd, "
+            "median_spectrum, n_used, n_rejected, failure FROM conditions "
+            "WHERE done_seq IS NOT NULL"
+        ):
+            seq, cid, status, med, sd, msd, spec, n_used, n_rej, failure = row
+            out.append(
+                (
+                    seq,
+                    ConditionOutcome(
+                        cid,
+                        status,
+                        med,
+                        sd,
+                        msd,
+                        None if spec is None else np.frombuffer(spec, dtype="<f8").copy(),
+                        n_used or 0,
+                        n_rej or 0,
+                        failure or "",
+                    ),
+                )
+            )
+        out.sort(key=lambda sf: sf[0])
+        return [f for _, f in out]
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """Rows of a read-only query over the tables (for export and reports)."""
+        if not sql.lstrip().upper().startswith("SELECT"):
+            raise ValueError("query() only reads")
+        return iter(self._db.execute(sql, params))
+
+    def count(self, table: str) -> int:
+        if table not in ("rounds", "conditions", "setpoints", "replicates", "events"):
+            raise ValueError(f"no table {table!r}")
+        return int(self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    # ---------------------------------------------------------------- internals
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        seq0, commands0 = self._seq, set(self._commands)
+        self._db.execute("BEGIN")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            self._seq, self._commands = seq0, commands0
+            raise
+
+    def _next(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _max_seq(self) -> int:
+        q = " UNION ALL ".join(
+            f"SELECT max({c}) FROM {t}"
+            for t, c in (
+                ("rounds", "seq"),
+                ("conditions", "seq"),
+                ("conditions", "done_seq"),
+                ("setpoints", "seq"),
+                ("replicates", "seq"),
+                ("events", "seq"),
+            )
+        )
+        return max((r[0] for r in self._db.execute(q) if r[0] is not None), default=0)
+
+    def _event(
+        self,
+        now: float,
+        what: str,
+        kind: str,
+        round_no: int | None,
+        condition: str | None,
+        cmd_id: str | None,
+        body: dict[str, Any],
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (self._next(), now, what, kind, round_no, condition, cmd_id, _json(body)),
+        )
+
+    def _write_event(
+        self,
+        campaign: Campaign,
+        event: Event,
+        decisions: Sequence[Decision],
+        now: float,
+        rng_state: dict[str, Any] | None,
+    ) -> None:
+        match event:
+            case SpectrumIn():
+                rec = campaign.conditions.get(event.condition)
+                code = reason = None
+                for d in decisions:
+                    f = d.fields if isinstance(d, Note) else {}
+                    if (
+                        isinstance(d, Note)
+                        and d.event == "message_rejected"
+                        and f.get("condition") == event.condition
+                        and f.get("replicate") == event.replicate
+                    ):
+                        code, reason = str(f.get("code")), str(f.get("reason"))
+                loss = None
+                if rec is not None and rec.replicates is not None and code in (None, "outlier"):
+                    loss = rec.replicates.loss_of(event.replicate)
+                values = np.ascontiguousarray(event.values, dtype="<f8")
+                self._db.execute(
+                    "INSERT INTO replicates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        self._next(),
+                        now,
+                        event.condition,
+                        None if rec is None else rec.attempt,
+                        int(event.replicate),
+                        event.source,
+                        event.wl_start,
+                        event.wl_step,
+                        values.tobytes(),
+                        loss,
+                        "accepted" if code is None else "rejected",
+                        code,
+                        reason,
+                    ),
+                )
+            case ProposalReady():
+                if not any(isinstance(d, Announce) and d.kind == "proposal" for d in decisions):
+                    return  # ignored by the core: not a round
+                x = np.asarray(event.batch.x, dtype=float)
+                self._db.execute(
+                    "INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        campaign.round,
+                        self._next(),
+                        now,
+                        json.dumps(x.tolist()),
+                        json.dumps(list(event.batch.strategy)),
+                        _json(event.notes),
+                        None if rng_state is None else json.dumps(rng_state),
+                    ),
+                )
+                for cid in [c for c, r in campaign.conditions.items() if r.round == campaign.round]:
+                    r = campaign.conditions[cid]
+                    self._db.execute(
+                        "INSERT INTO conditions (condition, seq, round, idx, strategy, recipe, "
+                        "flows) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            cid,
+                            self._next(),
+                            r.round,
+                            r.index,
+                            r.strategy,
+                            json.dumps(r.recipe),
+                            json.dumps(r.flows),
+                        ),
+                    )
+            case SetpointAcked() | AcquireAcked():
+                kind = "setpoint_ack" if isinstance(event, SetpointAcked) else "acquire_ack"
+                body = {"accepted": event.accepted, "reason": event.reason}
+                self._event(now, "input", kind, None, None, event.cmd_id, body)
+            case PhaseLabelIn():
+                rec = campaign.conditions.get(event.condition)
+                body = {
+                    "phase": event.phase,
+                    "confidence": event.confidence,
+                    "source": event.source,
+                }
+                rnd = None if rec is None else rec.round
+                self._event(now, "input", "phase_label", rnd, event.condition, None, body)
+            case FlowStable():
+                body = {"condition": event.condition}
+                self._event(now, "input", "flow_stable", None, None, event.cmd_id, body)
+            case _:  # ticks, driver up/down: their decisions say what they changed
+                return
+
+    def _write_decision(self, campaign: Campaign, d: Decision, now: float) -> None:
+        match d:
+            case SendSetpoint():
+                if d.cmd_id in self._commands:
+                    return
+                self._commands.add(d.cmd_id)
+                self._db.execute(
+                    "INSERT INTO setpoints VALUES (?, ?, ?, ?, ?, ?)",
+                    (d.cmd_id, self._next(), now, d.condition, d.attempt, json.dumps(d.flows)),
+                )
+            case SendAcquire() | SendSafeState():
+                if d.cmd_id in self._commands:
+                    return
+                self._commands.add(d.cmd_id)
+                kind = "acquire" if isinstance(d, SendAcquire) else "safe_state"
+                body = {k: v for k, v in d.__dict__.items() if k not in ("cmd_id", "condition")}
+                cid = getattr(d, "condition", None)
+                self._event(now, "command", kind, _round(campaign, cid), cid, d.cmd_id, body)
+            case Announce():
+                cid = d.fields.get("condition")
+                cid = cid if isinstance(cid, str) else None
+                rnd = d.fields.get("round")
+                self._event(
+                    now, "announce", d.kind, rnd if isinstance(rnd, int) else None, cid, None,
+                    d.fields,
+                )  # fmt: skip
+                if d.kind == "condition_complete" and cid is not None:
+                    self._write_outcome(campaign, cid)
+            case Note():
+                cid = d.fields.get("condition")
+                cid = cid if isinstance(cid, str) else None
+                body = dict(d.fields, level=d.level)
+                self._event(now, "note", d.event, _round(campaign, cid), cid, None, body)
+            case RequestProposal():
+                self._event(now, "note", "proposal_requested", d.round, None, None, {})
+
+    def _write_outcome(self, campaign: Campaign, cid: str) -> None:
+        rec = campaign.conditions[cid]
+        st = rec.replicates.status() if rec.replicates is not None else None
+        spectrum = rec.median_spectrum
+        self._db.execute(
+            "UPDATE conditions SET status = ?, done_seq = ?, attempt = ?, cmd_id = ?, "
+            "median_loss = ?, loss_sd = ?, median_sd = ?, median_spectrum = ?, n_used = ?, "
+            "n_rejected = ?, used = ?, outliers = ?, reason = ?, failure = ? WHERE condition = ?",
+            (
+                rec.state,
+                self._next(),
+                rec.attempt,
+                rec.cmd_id,
+                _finite(rec.median_loss),
+                _finite(rec.loss_sd),
+                _finite(rec.median_sd),
+                None if spectrum is None else np.ascontiguousarray(spectrum, dtype="<f8").tobytes(),
+                rec.n_used,
+                rec.n_rejected,
+                json.dumps(list(st.used) if st else []),
+                json.dumps([[k, loss, why] for k, loss, why in st.outliers] if st else []),
+                st.reason if st else "",
+                rec.failure,
+                cid,
+            ),
+        )
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        _configure(conn, path, synchronous)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _configure(conn: sqlite3.Connection, path: Path, synchronous: str) -> None:
+    sync = synchronous.upper()
+    if sync not in _SYNC:
+        raise ValueError(f"synchronous must be one of {_SYNC}, got {synchronous!r}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise JournalError(f"journal {path}: cannot use WAL mode (got {mode})")
+    conn.execute(f"PRAGMA synchronous = {sync}")
+
+
+def _read_meta(path: Path, conn: sqlite3.Connection, check: bool) -> dict[str, str]:
+    try:
+        app = conn.execute("PRAGMA application_id").fetchone()[0]
+        if app != _APPLICATION_ID:
+            raise JournalRefused(f"{path} is not an sdl-agent journal")
+        if check:
+            verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if verdict != "ok":
+                raise JournalRefused(f"journal {path} is corrupt: {verdict}")
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.DatabaseError as exc:
+        raise JournalRefused(f"journal {path} is corrupt or not a journal: {exc}") from None
+    missing = {"schema_version", "campaign_id", "config_hash", "parameters"} - set(meta)
+    if missing:
+        raise JournalRefused(f"journal {path} lacks {', '.join(sorted(missing))} in its header")
+    if meta["schema_version"] != str(SCHEMA_VERSION):
+        raise JournalRefused(
+            f"journal {path} has schema version {meta['schema_version']}, "
+            f"this agent reads {SCHEMA_VERSION}"
+        )
+    return meta
+
+
+def _round(campaign: Campaign, condition: str | None) -> int | None:
+    rec = campaign.conditions.get(condition) if condition else None
+    return None if rec is None else rec.round
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, default=_plain, allow_nan=True, separators=(",", ":"))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple | set | frozenset):
+        return list(obj)
+    return repr(obj)

@@ -1,0 +1,392 @@
+"""The journal: round trip, restore at every step, refusals, WAL, export.
+
+A toy campaign is driven through the same seam the runtime uses (feed the
+core, :meth:`Journal.commit` the step, then act), by perfect in-test
+instruments; the restore is checked against the live campaign at every step.
+"""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import structlog
+
+from agent.cli import main
+from agent.core.campaign import Campaign
+from agent.core.events import (
+    AcquireAcked,
+    Announce,
+    DriverUp,
+    FlowStable,
+    Note,
+    PhaseLabelIn,
+    ProposalReady,
+    RequestProposal,
+    SendAcquire,
+    SendSafeState,
+    SendSetpoint,
+    SetpointAcked,
+    SpectrumIn,
+)
+from agent.core.testing import TOY_GRID, toy_settings, toy_spectrum
+from agent.export import export_csv
+from agent.journal import Journal, JournalRefused
+
+ROLES = ("pump", "spectrometer", "xrd")
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "agnp.toml"
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging():
+    """``main(["run", ...])`` configures structlog onto pytest's captured stderr; put it back."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+def new_journal(path: Path, **kw) -> Journal:
+    args = dict(campaign_id="toy", config_hash="h" * 64, seed=0, parameters=["a", "b"])
+    args.update(kw)
+    return Journal.create(path, **args)
+
+
+class JournalledLab:
+    """Perfect instruments; every step goes core -> journal -> act, as in the runtime."""
+
+    def __init__(self, campaign: Campaign, journal: Journal, on_step=None) -> None:
+        self.c = campaign
+        self.j = journal
+        self.now = 0.0
+        self.k: dict[str, int] = {}
+        self.on_step = on_step or (lambda lab, decisions: None)
+        self.rng = np.random.default_rng(5)
+
+    def step(self, event, decisions, **kw) -> list:
+        self.j.commit(self.c, event, decisions, self.now, **kw)
+        self.on_step(self, decisions)
+        out = []
+        for d in decisions:
+            out.append(d)
+            if isinstance(d, RequestProposal):
+                batch, notes = self.c.propose_batch()
+                ev = ProposalReady(batch, notes, self.now)
+                out += self.step(ev, self.c.handle(ev), rng_state=self.c.rng_state)
+        return out
+
+    def feed(self, event) -> list:
+        return self.step(event, self.c.handle(event))
+
+    def run(self, max_steps: int = 20_000) -> None:
+        queue = self.step(None, self.c.start(self.now))
+        for role in ROLES:
+            queue += self.feed(DriverUp(role, self.now))
+        self.serve(queue, max_steps)
+
+    def serve(self, queue: list, max_steps: int = 20_000) -> None:
+        steps = 0
+        while queue and steps < max_steps:
+            steps += 1
+            d = queue.pop(0)
+            self.now += 0.01
+            if isinstance(d, SendSetpoint):
+                queue += self.feed(SetpointAcked(d.cmd_id, True, "", self.now))
+                queue += self.feed(FlowStable(d.cmd_id, d.condition, self.now))
+            elif isinstance(d, SendAcquire) and d.role == "spectrometer":
+                queue += self.feed(AcquireAcked(d.cmd_id, True, "", self.now))
+                recipe = self.c.conditions[d.condition].recipe
+                for _ in range(d.n):
+                    k = self.k.get(d.condition, 0)
+                    self.k[d.condition] = k + 1
+                    s = toy_spectrum(recipe) + 0.02 * self.rng.standard_normal(TOY_GRID.n)
+                    ev = SpectrumIn(d.condition, k, s, TOY_GRID.start, TOY_GRID.step, self.now)
+                    queue += self.feed(ev)
+            elif isinstance(d, SendAcquire) and d.role == "xrd":
+                queue += self.feed(AcquireAcked(d.cmd_id, True, "", self.now))
+                queue += self.feed(PhaseLabelIn(d.condition, "Ag-fcc", 0.9, self.now))
+            elif isinstance(d, SendSafeState):
+                queue += self.feed(SetpointAcked(d.cmd_id, True, "", self.now))
+
+
+def outcome(c: Campaign) -> dict:
+    return {
+        cid: (r.state, r.median_loss, r.median_sd, r.n_used, r.failure, tuple(r.labels))
+        for cid, r in c.conditions.items()
+        if r.state in ("complete", "failed")
+    }
+
+
+def same_state(restored: Campaign, live: Campaign) -> None:
+    assert restored.round == live.round
+    assert restored.rounds_complete == live.rounds_complete
+    assert restored.best_by_round == live.best_by_round
+    assert outcome(restored) == outcome(live)
+    assert restored.space.bounds[0].tolist() == live.space.bounds[0].tolist()
+    assert restored.space.bounds[1].tolist() == live.space.bounds[1].tolist()
+    assert len(restored.expansions) == len(live.expansions)
+    assert restored.stopped == live.stopped
+    assert list(restored.conditions) == list(live.conditions)
+    obs_r, obs_l = restored.observations, live.observations
+    np.testing.assert_array_equal(obs_r.x, obs_l.x)
+    np.testing.assert_array_equal(obs_r.loss, obs_l.loss)
+
+
+def test_a_full_campaign_round_trips_through_the_journal(tmp_path):
+    settings = toy_settings(rounds=3, batch_size=4)
+    live = Campaign(settings, seed=3)
+    with new_journal(tmp_path / "j.sqlite") as j:
+        JournalledLab(live, j).run()
+    assert live.stopped and live.rounds_complete == 3
+    with Journal.open(tmp_path / "j.sqlite", campaign_id="toy", config_hash="h" * 64) as j:
+        restored = Campaign.restore(settings, 3, j.facts())
+        assert j.count("conditions") == 12 and j.count("rounds") == 3
+        assert j.count("replicates") >= 12 * 3
+    same_state(restored, live)
+
+
+def test_restore_at_every_step_matches_the_live_campaign_and_its_next_proposal(tmp_path):
+    settings = toy_settings(rounds=3, batch_size=3)
+    path = tmp_path / "j.sqlite"
+    checked = {"steps": 0, "proposals": 0}
+
+    def check(lab: JournalledLab, decisions: list) -> None:
+        checked["steps"] += 1
+        restored = Campaign.restore(settings, 7, lab.j.facts())
+        if any(isinstance(d, RequestProposal) for d in decisions):
+            # the uninterrupted run is about to propose: the restored one proposes the same
+            same_state(restored, lab.c)
+            state = lab.c.rng_state
+            live_batch, _ = lab.c.propose_batch()
+            lab.c.rng.bit_generator.state = state
+            np.testing.assert_array_equal(restored.propose_batch()[0].x, live_batch.x)
+            checked["proposals"] += 1
+        else:
+            assert outcome(restored) == outcome(lab.c)
+
+    with new_journal(path) as j:
+        JournalledLab(Campaign(settings, seed=7), j, on_step=check).run()
+    assert checked["proposals"] == 3 and checked["steps"] > 50
+
+
+def test_a_setpoint_not_yet_acked_is_resent_with_the_same_command_id(tmp_path):
+    settings = toy_settings(rounds=2, batch_size=3)
+    cut: dict = {}
+
+    def stop_after_second_setpoint(lab: JournalledLab, decisions: list) -> None:
+        sent = [d for d in decisions if isinstance(d, SendSetpoint)]
+        if sent and sent[0].condition.endswith("c02") and "facts" not in cut:
+            cut["facts"], cut["cmd_id"] = lab.j.facts(), sent[0].cmd_id
+
+    with new_journal(tmp_path / "j.sqlite") as j:
+        JournalledLab(Campaign(settings, seed=1), j, on_step=stop_after_second_setpoint).run()
+    restored = Campaign.restore(settings, 1, cut["facts"])
+    assert restored.active is not None and restored.active.state == "setting"
+    out = restored.start(100.0)
+    for role in ROLES:
+        out += restored.handle(DriverUp(role, 100.0))
+    resent = [d for d in out if isinstance(d, SendSetpoint)]
+    assert [d.cmd_id for d in resent] == [cut["cmd_id"]]
+    assert not any(isinstance(d, RequestProposal) for d in out)
+
+
+def test_a_condition_measuring_at_the_crash_starts_a_new_attempt(tmp_path):
+    settings = toy_settings(rounds=2, batch_size=3)
+    cut: dict = {}
+
+    def stop_while_measuring(lab: JournalledLab, decisions: list) -> None:
+        rec = lab.c.active
+        if rec is not None and rec.state == "measuring" and rec.round == 2 and "facts" not in cut:
+            cut["facts"], cut["rec"] = lab.j.facts(), (rec.condition, rec.cmd_id)
+
+    with new_journal(tmp_path / "j.sqlite") as j:
+        live = Campaign(settings, seed=1)
+        JournalledLab(live, j, on_step=stop_while_measuring).run()
+    restored = Campaign.restore(settings, 1, cut["facts"])
+    cid, cmd_id = cut["rec"]
+    assert restored.active is not None and restored.active.condition == cid
+    out = restored.start(5.0)
+    for role in ROLES:
+        out += restored.handle(DriverUp(role, 5.0))
+    resent = [d for d in out if isinstance(d, SendSetpoint)]
+    assert len(resent) == 1 and resent[0].condition == cid
+    assert resent[0].cmd_id != cmd_id and resent[0].cmd_id.endswith(".a2")
+    assert any(isinstance(d, Note) and d.event == "condition_restarted" for d in out)
+    # and it finishes like the uninterrupted campaign would (same conditions)
+    with new_journal(tmp_path / "k.sqlite") as k:
+        lab = JournalledLab(restored, k)
+        lab.serve(out)
+    assert restored.stopped and set(restored.conditions) == set(live.conditions)
+    assert all(r.state == "complete" for r in restored.conditions.values())
+
+
+def test_every_spectrum_is_written_with_its_loss_and_verdict(tmp_path):
+    settings = toy_settings(rounds=1, batch_size=2)
+    c = Campaign(settings, seed=0)
+    with new_journal(tmp_path / "j.sqlite") as j:
+        lab = JournalledLab(c, j)
+        lab.run()
+        cid = next(iter(c.conditions))
+        # a late duplicate and a wrong grid: rejected, with reasons, and journalled
+        lab.feed(SpectrumIn(cid, 0, np.ones(5), TOY_GRID.start, TOY_GRID.step, 9.0))
+        lab.feed(SpectrumIn(cid, 99, np.ones(3), TOY_GRID.start, TOY_GRID.step, 9.0))
+    db = sqlite3.connect(tmp_path / "j.sqlite")
+    rows = db.execute("SELECT verdict, code, loss, reason FROM replicates ORDER BY seq").fetchall()
+    db.close()
+    accepted = [r for r in rows if r[0] == "accepted"]
+    assert accepted and all(r[2] is not None and 0 <= r[2] <= 1 for r in accepted)
+    assert rows[-1][0] == "rejected" and rows[-1][1] == "not_active" and rows[-1][3]
+    assert rows[-2][0] == "rejected"
+
+
+def test_journal_is_wal_with_the_synchronous_level_asked_for(tmp_path):
+    for level, code in (("NORMAL", 1), ("FULL", 2)):
+        path = tmp_path / f"{level}.sqlite"
+        with new_journal(path, synchronous=level) as j:
+            assert j._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert j._db.execute("PRAGMA synchronous").fetchone()[0] == code
+    with pytest.raises(ValueError, match="synchronous"):
+        new_journal(tmp_path / "x.sqlite", synchronous="OFF")
+
+
+def test_an_existing_journal_is_never_overwritten(tmp_path):
+    path = tmp_path / "j.sqlite"
+    new_journal(path).close()
+    before = path.read_bytes()
+    with pytest.raises(JournalRefused, match=r"already exists.*--resume"):
+        new_journal(path)
+    assert path.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if "creating" in p.name]  # built aside, linked in
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"campaign_id": "other"}, "belongs to campaign 'toy', not 'other'"),
+        ({"config_hash": "x" * 64}, "another configuration"),
+    ],
+)
+def test_another_campaigns_journal_is_refused(tmp_path, kw, match):
+    path = tmp_path / "j.sqlite"
+    new_journal(path).close()
+    args = {"campaign_id": "toy", "config_hash": "h" * 64, **kw}
+    with pytest.raises(JournalRefused, match=match):
+        Journal.open(path, **args)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: p.write_bytes(b"this is not a database at all" * 100),
+        lambda p: sqlite3.connect(p).executescript("CREATE TABLE t (x); INSERT INTO t VALUES (1);"),
+        lambda p: p.write_bytes(b""),
+    ],
+    ids=["garbage", "someone-elses-sqlite", "empty"],
+)
+def test_a_file_that_is_not_a_journal_is_refused_and_left_alone(tmp_path, make):
+    path = tmp_path / "j.sqlite"
+    make(path)
+    before = path.read_bytes()
+    with pytest.raises(JournalRefused, match=r"not an sdl-agent journal|corrupt|not a journal"):
+        Journal.open(path)
+    assert path.read_bytes() == before
+
+
+def test_a_damaged_journal_is_refused(tmp_path):
+    path = tmp_path / "j.sqlite"
+    with new_journal(path) as j:
+        JournalledLab(Campaign(toy_settings(rounds=1, batch_size=3), seed=0), j).run()
+    data = bytearray(path.read_bytes())
+    assert len(data) > 8192
+    data[4096:8192] = b"\xff" * 4096  # a torn page in the middle
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalRefused, match="corrupt"):
+        Journal.open(path)
+
+
+def test_export_writes_one_row_per_condition_and_per_spectrum(tmp_path):
+    settings = toy_settings(rounds=2, batch_size=3)
+    c = Campaign(settings, seed=2)
+    with new_journal(tmp_path / "j.sqlite") as j:
+        JournalledLab(c, j).run()
+        n_spectra = j.count("replicates")
+    conditions, replicates = export_csv(tmp_path / "j.sqlite", tmp_path / "csv")
+    rows = list(csv.DictReader(conditions.read_text().splitlines()))
+    assert [r["condition"] for r in rows] == list(c.conditions)
+    for r in rows:
+        rec = c.conditions[r["condition"]]
+        assert r["status"] == "complete" and float(r["median_loss"]) == pytest.approx(
+            rec.median_loss, abs=1e-6
+        )
+        assert r["phase"] == "Ag-fcc" and float(r["a"]) == pytest.approx(rec.recipe["a"], 1e-5)
+    reps = list(csv.DictReader(replicates.read_text().splitlines()))
+    assert len(reps) == n_spectra
+    assert {r["final"] for r in reps} <= {"used", "outlier", ""}
+    used = sum(r["final"] == "used" for r in reps)
+    assert used == sum(rec.n_used for rec in c.conditions.values())
+    assert len([k for k in reps[0] if k.startswith("a_")]) == TOY_GRID.n
+
+
+def test_cli_refuses_to_start_onto_an_existing_journal_and_to_resume_a_missing_one(
+    tmp_path, capsys
+):
+    journal = tmp_path / "j.sqlite"
+    journal.write_bytes(b"precious")
+    code = main(["run", str(EXAMPLE), "--journal", str(journal), "--out", str(tmp_path)])
+    assert code == 2 and "already exists" in capsys.readouterr().err
+    assert journal.read_bytes() == b"precious"
+    code = main(["run", str(EXAMPLE), "--journal", str(journal), "--resume"])
+    assert code == 2 and "not a journal" in capsys.readouterr().err
+    code = main(["run", str(EXAMPLE), "--journal", str(tmp_path / "none.sqlite"), "--resume"])
+    assert code == 2 and "no journal" in capsys.readouterr().err
+    assert main(["export", str(journal), "--csv", str(tmp_path / "o")]) == 2
+    assert "not a journal" in capsys.readouterr().err
+    assert journal.read_bytes() == b"precious"
+
+
+def test_cli_refuses_a_journal_written_with_another_seed(tmp_path, capsys):
+    from agent.config import CampaignConfig
+    from agent.session import open_journal
+
+    cfg = CampaignConfig.from_toml(EXAMPLE)
+    journal = tmp_path / "j.sqlite"
+    open_journal(cfg, 0, journal, resume=False).close()
+    code = main(["run", str(EXAMPLE), "--journal", str(journal), "--resume", "--seed", "1"])
+    assert code == 2 and "another configuration" in capsys.readouterr().err
+
+
+def test_a_journal_whose_facts_contradict_each_other_is_refused(tmp_path, capsys):
+    from agent.config import CampaignConfig
+    from agent.session import open_journal
+
+    journal = tmp_path / "j.sqlite"
+    open_journal(CampaignConfig.from_toml(EXAMPLE), 0, journal, resume=False).close()
+    with sqlite3.connect(journal) as db:  # a setpoint for a condition never proposed
+        db.execute("INSERT INTO setpoints VALUES ('x.a1', 1, 0, 'r09-c01', 1, '{}')")
+    code = main(["run", str(EXAMPLE), "--journal", str(journal), "--resume"])
+    assert code == 2 and "cannot be replayed" in capsys.readouterr().err
+    with sqlite3.connect(journal) as db:  # a round whose recipes are not JSON
+        db.execute("DELETE FROM setpoints")
+        db.execute("INSERT INTO rounds VALUES (1, 2, 0, 'not json', '[]', '{}', NULL)")
+    code = main(["run", str(EXAMPLE), "--journal", str(journal), "--resume"])
+    assert code == 2 and "cannot be read back" in capsys.readouterr().err
+
+
+def test_announcements_are_journalled_before_they_are_published(tmp_path):
+    settings = toy_settings(rounds=1, batch_size=2)
+    seen: list[tuple[str, int]] = []
+
+    def count_announces(lab: JournalledLab, decisions: list) -> None:
+        for d in decisions:
+            if isinstance(d, Announce):
+                n = lab.j._db.execute(
+                    "SELECT count(*) FROM events WHERE what = 'announce' AND kind = ?", (d.kind,)
+                ).fetchone()[0]
+                seen.append((d.kind, n))
+
+    with new_journal(tmp_path / "j.sqlite") as j:
+        JournalledLab(Campaign(settings, seed=0), j, on_step=count_announces).run()
+    assert seen and all(n >= 1 for _, n in seen)
+    assert {k for k, _ in seen} >= {"proposal", "condition_complete", "round_complete"}
