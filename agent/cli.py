@@ -260,6 +260,7 @@ def _validate(args: argparse.Namespace) -> int:
         f"  batch {settings.batch_size}, strategy {settings.initial_strategy.name} then "
         f"{settings.strategy.name}, grid {settings.grid.n} points"
     )
+    print(f"  stop when any of: {cfg.stop.describe()}")
     return 0
 
 

@@ -28,7 +28,19 @@ from agent.core.campaign import CampaignSettings
 from agent.core.objective import AgnpLoss
 from agent.core.replicates import Grid, ReplicateSettings
 from agent.core.space import Channel, ChannelMap, LinearConstraint, Parameter, Space
-from agent.core.stopping import AnyOf, MaxConditions, MaxRounds, StopRule, TargetLoss
+from agent.core.stopping import (
+    AllOf,
+    AnyOf,
+    MaxConditions,
+    MaxRounds,
+    ModelAccuracy,
+    ModelStability,
+    NoImprovement,
+    RegretBound,
+    StopRule,
+    TargetLoss,
+    WallTime,
+)
 from agent.core.strategies.registry import make_expansion, make_strategy
 
 __all__ = ["ENV_PREFIX", "CampaignConfig", "ConfigError"]
@@ -110,22 +122,119 @@ class StrategyConfig(_Section):
     expansion: ExpansionConfig = ExpansionConfig()
 
 
-class StopConfig(_Section):
-    max_rounds: Annotated[int, Field(ge=1)] | None = 3
-    max_conditions: Annotated[int, Field(ge=1)] | None = None
-    target_loss: Annotated[float, Field(ge=0, le=1)] | None = None
+class NoImprovementConfig(_Section):
+    window: Annotated[int, Field(ge=1, le=1000)]
+    min_delta: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
 
-    def rule(self) -> StopRule:
+
+class RegretBoundConfig(_Section):
+    level: Pos | None = None
+    scale: Pos = 1.0
+
+    @model_validator(mode="after")
+    def _check(self) -> RegretBoundConfig:
+        if self.level is not None and "scale" in self.model_fields_set:
+            raise ValueError("give level (a fixed threshold) or scale (of the noise), not both")
+        return self
+
+
+class ModelAccuracyConfig(_Section):
+    cosine: Annotated[float, Field(gt=0, le=1)] | None = None
+    mse: Pos | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelAccuracyConfig:
+        if self.cosine is None and self.mse is None:
+            raise ValueError("model_accuracy needs cosine and/or mse")
+        return self
+
+
+class StopRulesConfig(_Section):
+    """Stop rules by key; :meth:`rules` builds them in the order they are reported."""
+
+    max_rounds: Annotated[int, Field(ge=1)] | None = None
+    max_conditions: Annotated[int, Field(ge=1)] | None = None
+    wall_time_s: Pos | None = None
+    target_loss: Annotated[float, Field(ge=0, le=1)] | None = None
+    no_improvement: NoImprovementConfig | None = None
+    regret_bound: RegretBoundConfig | None = None
+    model_accuracy: ModelAccuracyConfig | None = None
+    model_stability: Annotated[float, Field(gt=0, le=1)] | None = None
+
+    def rules(self) -> list[StopRule]:
+        """The rules given, objective and model rules first, budgets last (when
+        several fire in the same round, the more informative reason is reported)."""
+        return self._condition_rules() + self._budget_rules()
+
+    def _condition_rules(self) -> list[StopRule]:
         rules: list[StopRule] = []
         if self.target_loss is not None:
             rules.append(TargetLoss(self.target_loss))
+        if self.model_accuracy is not None:
+            rules.append(ModelAccuracy(self.model_accuracy.cosine, self.model_accuracy.mse))
+        if self.model_stability is not None:
+            rules.append(ModelStability(self.model_stability))
+        if self.regret_bound is not None:
+            rules.append(RegretBound(self.regret_bound.level, self.regret_bound.scale))
+        if self.no_improvement is not None:
+            rules.append(NoImprovement(self.no_improvement.window, self.no_improvement.min_delta))
+        return rules
+
+    def _budget_rules(self) -> list[StopRule]:
+        rules: list[StopRule] = []
         if self.max_rounds is not None:
             rules.append(MaxRounds(self.max_rounds))
         if self.max_conditions is not None:
             rules.append(MaxConditions(self.max_conditions))
-        if not rules:
-            raise ValueError("[stop] needs at least one of max_rounds, max_conditions")
-        return AnyOf(tuple(rules))
+        if self.wall_time_s is not None:
+            rules.append(WallTime(self.wall_time_s))
+        return rules
+
+
+class StopGroupConfig(StopRulesConfig):
+    """One ``[[stop.all_of]]`` group: fires when every rule in it fires."""
+
+    @model_validator(mode="after")
+    def _check(self) -> StopGroupConfig:
+        n = len(self.rules())
+        if n < 2:
+            raise ValueError(
+                f"an all_of group needs at least two rules, got {n} "
+                "(a single rule belongs in [stop] itself)"
+            )
+        return self
+
+
+class StopConfig(StopRulesConfig):
+    """``[stop]``: the campaign stops when any rule given here fires, or when every
+    rule of one of the ``[[stop.all_of]]`` groups does."""
+
+    max_rounds: Annotated[int, Field(ge=1)] | None = 3
+    all_of: list[StopGroupConfig] = Field(default=[], max_length=16)
+
+    @model_validator(mode="after")
+    def _check(self) -> StopConfig:
+        if self.max_rounds is None and self.max_conditions is None and self.wall_time_s is None:
+            raise ValueError(
+                "[stop] needs a budget that always ends the campaign: "
+                "max_rounds, max_conditions or wall_time_s"
+            )
+        return self
+
+    def rule(self) -> StopRule:
+        """Any of: the single objective and model rules, then the groups, then the budgets."""
+        groups: list[StopRule] = [AllOf(tuple(g.rules())) for g in self.all_of]
+        return AnyOf((*self._condition_rules(), *groups, *self._budget_rules()))
+
+    def describe(self) -> str:
+        """One line for humans: the rules given and the groups."""
+        parts = [_rules_text(self, ", ")] if self.rules() else []
+        parts += [f"all of ({_rules_text(g, ' and ')})" for g in self.all_of]
+        return "; ".join(parts)
+
+    def reads_strategy_metrics(self) -> bool:
+        """Whether a regret-bound rule is configured (it needs a GP strategy)."""
+        return self.regret_bound is not None or any(g.regret_bound for g in self.all_of)
 
 
 class ParameterConfig(_Section):
@@ -230,6 +339,15 @@ class CampaignConfig(_Section):
             raise ConfigError(f"{path}: {exc}") from None
         return cfg
 
+    @model_validator(mode="after")
+    def _check_stop_rules(self) -> CampaignConfig:
+        if self.stop.reads_strategy_metrics() and self.strategy.kind == "lhs":
+            raise ValueError(
+                "stop.regret_bound needs a GP strategy (strategy.kind lp-ei, ucb or "
+                "qlognei); with lhs it could never fire"
+            )
+        return self
+
     def space(self) -> Space:
         channels = None
         if self.pump is not None:
@@ -329,6 +447,17 @@ def _parse_value(value: Any) -> Any:
         return tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         return value
+
+
+def _rules_text(rules: StopRulesConfig, sep: str) -> str:
+    given = rules.model_dump(exclude_none=True, exclude={"all_of"})
+    return sep.join(f"{k} {_inline(v)}" for k, v in given.items())
+
+
+def _inline(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {v:g}" for k, v in value.items()) + "}"
+    return f"{value:g}"
 
 
 def _describe(path: Path, exc: ValidationError) -> str:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from agent import Campaign, CampaignConfig, Result
+from agent.config import StopConfig
 from agent.core.objective import agnp_loss
 from drivers.world import agnp_world
 
@@ -64,6 +65,9 @@ def run(strategy: str, seed: int, rounds: int, droplets: int) -> dict:
     if noise:
         overrides["strategy.noise"] = noise
     cfg = CampaignConfig.from_toml(CAMPAIGN, overrides=overrides, env={})
+    # every run spends the whole round budget: the reference file's other stop
+    # rules (target loss, no improvement, ...) would end runs at different rounds
+    cfg = cfg.model_copy(update={"stop": StopConfig(max_rounds=rounds)})
     campaign = Campaign(cfg, seed=seed)
     settings = campaign.settings
     wl = settings.grid.wavelengths

@@ -31,6 +31,7 @@ __all__ = [
     "COMMAND_KINDS",
     "MAX_CHANNELS",
     "MAX_SPECTRUM_POINTS",
+    "MAX_STOP_NUMBERS",
     "MESSAGE_ADAPTER",
     "SCHEMA_VERSION",
     "STATUS_KINDS",
@@ -59,6 +60,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 MAX_SPECTRUM_POINTS = 8192
 MAX_CHANNELS = 32
+MAX_STOP_NUMBERS = 64  # numbers behind a stop reason (campaign_stopped)
 MAX_CONDITIONS_PER_PROPOSAL = 1000
 
 Role = Literal["pump", "spectrometer", "xrd", "agent", "monitor"]
@@ -300,6 +302,7 @@ class CampaignStopped(_Message):
     conditions: Annotated[int, Field(ge=0)]
     best_loss: Finite | None = None
     best_condition: OptName = ""
+    numbers: Annotated[dict[Name, Finite], Field(max_length=MAX_STOP_NUMBERS)] = {}
 
 
 Message = Annotated[

@@ -210,12 +210,13 @@ def example_messages() -> dict[str, Message]:
         CampaignStopped(
             msg_id="s5",
             seq=4,
-            reason="max_rounds=3 reached",
+            reason="round budget spent: 3 of 3 rounds",
             rule="max_rounds",
             rounds=3,
             conditions=45,
             best_loss=0.071,
             best_condition="r03-c11",
+            numbers={"rounds": 3, "max_rounds": 3},
             **agent,
         ),
     ]

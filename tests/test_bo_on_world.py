@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from agent import Campaign, CampaignConfig, Result
+from agent.config import StopConfig
 from agent.core.objective import agnp_loss
 from drivers.world import agnp_world
 
@@ -22,7 +23,8 @@ IN_BOX_BEST = 0.24  # docs/world.md: the best loss reachable inside the initial 
 
 
 def test_lp_ei_widens_the_box_and_reaches_the_optimum_beyond_it():
-    cfg = CampaignConfig.from_toml(CAMPAIGN, overrides={"stop.max_rounds": 5}, env={})
+    cfg = CampaignConfig.from_toml(CAMPAIGN, env={})
+    cfg = cfg.model_copy(update={"stop": StopConfig(max_rounds=5)})  # five rounds, always
     campaign = Campaign(cfg, seed=0)
     world = agnp_world(seed=0)
     wl = campaign.settings.grid.wavelengths

@@ -30,6 +30,7 @@ transition raises :class:`CampaignError`.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -228,6 +229,8 @@ class Campaign:
         self._lost: set[str] = set()  # drivers that went down since the last resume
         self._notes_last_proposal: dict[str, object] = {}
         self._lost_reason = "the pump was lost while it ran"
+        #: numbers the strategy reported with the current round's proposal (stop rules)
+        self._metrics: dict[str, float] = {}
         #: every widening of the box so far (records from the expansion rule)
         self.expansions: list[Any] = []
 
@@ -270,24 +273,38 @@ class Campaign:
         return self.space.to_recipes(self._x[i][None, :])[0], self._loss[i]
 
     def progress(self, now: float | None = None) -> Progress:
-        elapsed = 0.0 if now is None or self._started_at is None else now - self._started_at
+        """What the stop rules see at ``now`` (campaign time; None: no clock).
+
+        ``elapsed_s`` counts from :meth:`start` (live) or from the first
+        :meth:`ask` given a ``now`` (offline); ``metrics`` are those of the
+        proposal of the latest round; ``replicate_sd`` is the median standard
+        error of the median loss over the conditions that have one.
+        """
+        elapsed = None if now is None or self._started_at is None else now - self._started_at
+        sds = [v for v in self._loss_sd if math.isfinite(v)]
         return Progress(
             rounds=self.rounds_complete,
             conditions=len(self._loss),
             best_loss=min(self._loss) if self._loss else None,
             best_by_round=tuple(self.best_by_round),
             elapsed_s=elapsed,
+            metrics=dict(self._metrics),
+            replicate_sd=float(np.median(sds)) if sds else None,
         )
 
     # --------------------------------------------------------- offline API
 
-    def ask(self) -> list[dict[str, float]]:
+    def ask(self, now: float | None = None) -> list[dict[str, float]]:
         """Propose the next round: a list of recipes (plain floats).
 
-        Asking again before telling returns the same batch.
+        Asking again before telling returns the same batch. ``now`` (any clock,
+        in seconds) given to the first ``ask`` starts the campaign's clock, so
+        that a wall-time rule can fire at a later ``tell(..., now=...)``.
         """
         if self.stopped:
             raise CampaignError("the campaign has stopped; nothing more to ask")
+        if now is not None and self._started_at is None:
+            self._started_at = now
         if self._asked is not None:
             return [dict(r) for r in self._asked]
         self._accept(*self.propose_batch())
@@ -323,8 +340,14 @@ class Campaign:
         notes.update(batch.notes)
         return batch, notes
 
-    def tell(self, batch: Sequence[Mapping[str, float]], results: Sequence[Result]) -> None:
-        """Record the results of the batch from :meth:`ask` (same order).
+    def tell(
+        self,
+        batch: Sequence[Mapping[str, float]],
+        results: Sequence[Result],
+        now: float | None = None,
+    ) -> None:
+        """Record the results of the batch from :meth:`ask` (same order), then
+        check the stop rules (at ``now``, on the clock ``ask`` was given).
 
         Raises:
             TellError: wrong count, non-finite loss, a recipe that was not asked
@@ -357,7 +380,7 @@ class Campaign:
         for row, r in zip(x, results, strict=True):
             self._record(row, r, round_no)
         self._asked = None
-        _, reason = self._finish_round(round_no)
+        _, reason = self._finish_round(round_no, now)
         if reason is not None:
             self.state = "stopped"
             self.stop_reason = reason
@@ -465,6 +488,7 @@ class Campaign:
         self._asked_tags = batch.strategy
         self._proposals.append(batch.x)
         self._notes_last_proposal = notes
+        self._metrics = _finite_metrics(notes.get("metrics"))
 
     # --- restore: replaying journalled facts -----------------------------------
 
@@ -531,7 +555,7 @@ class Campaign:
             self._active = None
         recs = [self.conditions[c] for c in self._round_ids[rec.round - 1]]
         if all(r.state in ("complete", "failed") for r in recs):
-            _, reason, _ = self._tell_round(rec.round, recs)
+            _, reason, _ = self._tell_round(rec.round, recs, None)
             if reason is not None:
                 self.state, self.stop_reason = "stopped", reason
                 self._queue.clear()
@@ -553,7 +577,9 @@ class Campaign:
         self._spectra.append(None if r.spectrum is None else np.asarray(r.spectrum, float))
         self._obs_round.append(round_no)
 
-    def _finish_round(self, round_no: int) -> tuple[list[Decision], StopReason | None]:
+    def _finish_round(
+        self, round_no: int, now: float | None
+    ) -> tuple[list[Decision], StopReason | None]:
         """After a round's results are in: best so far, boundary expansion, stop rules."""
         self.rounds_complete += 1
         out: list[Decision] = []
@@ -571,7 +597,7 @@ class Campaign:
                 self.expansions.append(ch)
                 out.append(Announce("boundary_expanded", _expansion_fields(ch, round_no)))
                 out.append(Note("boundary_expanded", _expansion_fields(ch, round_no)))
-        return out, self.settings.stop_rule(self.progress())
+        return out, self.settings.stop_rule(self.progress(now))
 
     # --- live: round and condition flow -------------------------------------
 
@@ -737,7 +763,7 @@ class Campaign:
         return out
 
     def _round_done(self, round_no: int, recs: list[ConditionRecord], now: float) -> list[Decision]:
-        out, reason, n_done = self._tell_round(round_no, recs)
+        out, reason, n_done = self._tell_round(round_no, recs, now)
         best = self.best
         out.insert(
             0,
@@ -757,9 +783,12 @@ class Campaign:
         return out
 
     def _tell_round(
-        self, round_no: int, recs: list[ConditionRecord]
+        self, round_no: int, recs: list[ConditionRecord], now: float | None
     ) -> tuple[list[Decision], StopReason | None, int]:
-        """Tell a finished round's completed conditions (failed ones are not data)."""
+        """Tell a finished round's completed conditions (failed ones are not data).
+
+        ``now`` is None when replaying a journal: no clock, so a wall-time rule
+        does not fire on the replay (timers restart at resume)."""
         done = [r for r in recs if r.state == "complete" and r.median_loss is not None]
         results = [
             Result(
@@ -773,7 +802,7 @@ class Campaign:
         for r, res in zip(done, results, strict=True):
             self._record(self.space.to_array([r.recipe])[0], res, round_no)
         self._asked = None
-        out, reason = self._finish_round(round_no)
+        out, reason = self._finish_round(round_no, now)
         return out, reason, len(done)
 
     def _stop(self, now: float, reason: StopReason) -> list[Decision]:
@@ -787,21 +816,23 @@ class Campaign:
             f"campaign stopped: {reason.rule}",
             1,
         )
+        numbers = _wire_numbers(reason.numbers)
         out: list[Decision] = [
             Announce(
                 "campaign_stopped",
                 {
-                    "reason": reason.reason,
-                    "rule": reason.rule,
+                    "reason": reason.reason[:_MAX_TEXT],
+                    "rule": reason.rule[:_MAX_NAME],
                     "rounds": self.rounds_complete,
                     "conditions": len(self._loss),
                     "best_loss": None if best is None else best[1],
                     "best_condition": self._best_condition(),
+                    "numbers": numbers,
                 },
             ),
             Note(
                 "campaign_stopped",
-                {"rule": reason.rule, "reason": reason.reason, **reason.numbers},
+                {"rule": reason.rule, "reason": reason.reason, "numbers": numbers},
             ),
         ]
         if self.settings.pump_role in self._up:
@@ -1000,6 +1031,37 @@ _TRANSITIONS: dict[str, tuple[str, ...]] = {
     "complete": (),
     "failed": (),
 }
+
+
+# Bounds of the campaign_stopped status message (protocols.messages.CampaignStopped).
+_MAX_NAME = 64
+_MAX_TEXT = 2000
+_MAX_NUMBERS = 64
+_NUMBER_KEY = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+
+
+def _finite_metrics(raw: object) -> dict[str, float]:
+    """The finite real numbers of a strategy's ``notes["metrics"]`` (else nothing)."""
+    if not isinstance(raw, Mapping):
+        return {}
+    out: dict[str, float] = {}
+    for key, value in raw.items():
+        if isinstance(key, str) and isinstance(value, int | float) and not isinstance(value, bool):
+            if math.isfinite(float(value)):
+                out[key] = float(value)
+    return out
+
+
+def _wire_numbers(numbers: Mapping[str, float]) -> dict[str, float]:
+    """A stop reason's numbers within the status message's bounds: finite values,
+    well-formed keys, at most 64 of them (the first ones)."""
+    out: dict[str, float] = {}
+    for key, value in numbers.items():
+        if len(out) >= _MAX_NUMBERS:
+            break
+        if _NUMBER_KEY.match(key) and math.isfinite(float(value)):
+            out[key] = float(value)
+    return out
 
 
 def _reject(kind: str, condition: str, replicate: int, code: str, why: str) -> Note:

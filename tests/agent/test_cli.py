@@ -34,6 +34,8 @@ def test_validate_prints_the_space():
     assert out.returncode == 0, out.stderr
     assert "q_agno3" in out.stdout and "hard [0.5, 80]" in out.stdout
     assert "q_agno3 + q_pva + q_tsc + q_seed <= 90" in out.stdout
+    assert "stop when any of: max_rounds 4, wall_time_s 172800, target_loss 0.05;" in out.stdout
+    assert "all of (no_improvement {window = 2, min_delta = 0.005} and " in out.stdout
 
 
 def test_bad_campaign_file_is_refused_with_where_and_why(tmp_path):

@@ -6,7 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import CampaignConfig, ConfigError
+from agent.config import CampaignConfig, ConfigError, StopConfig
+from agent.core.stopping import (
+    AllOf,
+    AnyOf,
+    MaxConditions,
+    MaxRounds,
+    ModelAccuracy,
+    ModelStability,
+    NoImprovement,
+    RegretBound,
+    TargetLoss,
+    WallTime,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "agnp.toml"
 
@@ -80,3 +92,109 @@ def test_bad_box_is_refused(tmp_path):
         ConfigError, match="q_agno3: need hard_lower <= lower < upper <= hard_upper"
     ):
         CampaignConfig.from_toml(write(tmp_path, text), env={})
+
+
+# --- [stop] ----------------------------------------------------------------------------
+
+
+def stop_file(tmp_path: Path, stop: str, kind: str = "lp-ei") -> Path:
+    """The example campaign with its [stop] section (and groups) replaced by ``stop``."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    head, rest = text.split("[stop]\n", 1)
+    tail = rest[rest.index("# The study's initial box") :]
+    head = head.replace('kind = "lp-ei"', f'kind = "{kind}"')
+    (tmp_path / "agnp_target.csv").write_bytes((EXAMPLE.parent / "agnp_target.csv").read_bytes())
+    return write(tmp_path, f"{head}[stop]\n{stop}\n\n{tail}")
+
+
+def test_example_stops_on_target_or_budget_or_a_trusted_model_that_stalled():
+    rule = CampaignConfig.from_toml(EXAMPLE, env={}).stop.rule()
+    assert rule == AnyOf(
+        (
+            TargetLoss(0.05),
+            AllOf(
+                (
+                    ModelAccuracy(cosine=0.95),
+                    ModelStability(0.98),
+                    NoImprovement(window=2, min_delta=0.005),
+                )
+            ),
+            MaxRounds(12),
+            WallTime(172800.0),
+        )
+    )
+
+
+def test_flat_keys_and_groups_build_one_any_of(tmp_path):
+    stop = """max_rounds = 8
+max_conditions = 100
+target_loss = 0.1
+regret_bound = { scale = 2.0 }
+no_improvement = { window = 3 }
+
+[[stop.all_of]]
+max_rounds = 4
+no_improvement = { window = 1, min_delta = 0.01 }
+
+[[stop.all_of]]
+regret_bound = { level = 0.02 }
+model_accuracy = { mse = 0.001 }
+"""
+    rule = CampaignConfig.from_toml(stop_file(tmp_path, stop), env={}).stop.rule()
+    assert rule == AnyOf(
+        (
+            TargetLoss(0.1),
+            RegretBound(scale=2.0),
+            NoImprovement(window=3, min_delta=0.0),
+            AllOf((NoImprovement(1, 0.01), MaxRounds(4))),
+            AllOf((ModelAccuracy(mse=0.001), RegretBound(level=0.02))),
+            MaxRounds(8),
+            MaxConditions(100),
+        )
+    )
+
+
+def test_the_old_flat_stop_section_still_works(tmp_path):
+    cfg = CampaignConfig.from_toml(stop_file(tmp_path, "max_rounds = 5\ntarget_loss = 0.2"), env={})
+    assert cfg.stop.rule() == AnyOf((TargetLoss(0.2), MaxRounds(5)))
+    assert cfg.stop.max_rounds == 5
+
+
+def test_stop_rules_can_be_overridden_from_the_environment():
+    env = {"SDL_AGENT_STOP__NO_IMPROVEMENT__WINDOW": "4", "SDL_AGENT_STOP__WALL_TIME_S": "60"}
+    cfg = CampaignConfig.from_toml(EXAMPLE, env=env)
+    assert cfg.stop.no_improvement.window == 4 and cfg.stop.wall_time_s == 60
+
+
+@pytest.mark.parametrize(
+    ("stop", "kind", "expect"),
+    [
+        ("max_rounds = 0", "lp-ei", "stop.max_rounds"),
+        ("wall_time_s = -5", "lp-ei", "stop.wall_time_s"),
+        ("no_improvement = { window = 0 }", "lp-ei", "stop.no_improvement.window"),
+        ("no_improvement = { min_delta = 0.01 }", "lp-ei", "window: Field required"),
+        ("no_improvement = 2", "lp-ei", "stop.no_improvement"),
+        ("model_accuracy = {}", "lp-ei", "model_accuracy needs cosine and/or mse"),
+        ("model_accuracy = { cosine = 1.5 }", "lp-ei", "stop.model_accuracy.cosine"),
+        ("model_stability = 0", "lp-ei", "stop.model_stability"),
+        ("regret_bound = { level = 0.01, scale = 2 }", "lp-ei", "level .* or scale"),
+        ("regret_bound = { beta = 2 }", "lp-ei", "stop.regret_bound.beta"),
+        ("regret_bound = {}", "lhs", "regret_bound needs a GP strategy"),
+        ("patience = 3", "lp-ei", "stop.patience"),
+        (
+            "max_rounds = 5\n[[stop.all_of]]\nmodel_stability = 0.9",
+            "lp-ei",
+            "an all_of group needs at least two rules, got 1",
+        ),
+        ("max_rounds = 5\n[[stop.all_of]]\nwhen = 1\nmax_rounds = 2", "lp-ei", "all_of.0.when"),
+        ("max_rounds = 5\n[stop.all_of]\nmax_rounds = 2", "lp-ei", "stop.all_of"),
+    ],
+)
+def test_nonsense_in_stop_is_refused_with_where_and_why(tmp_path, stop, kind, expect):
+    with pytest.raises(ConfigError, match=expect):
+        CampaignConfig.from_toml(stop_file(tmp_path, stop, kind), env={})
+
+
+def test_a_campaign_without_a_budget_is_refused():
+    with pytest.raises(ValueError, match="needs a budget that always ends the campaign"):
+        StopConfig(max_rounds=None, target_loss=0.1)

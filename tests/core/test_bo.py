@@ -19,6 +19,7 @@ from agent.core.strategies.bo import (
     QLogNEI,
     UpperConfidenceBound,
     _snap_to_faces,
+    regret_beta,
 )
 from agent.core.strategies.gp import (
     DTYPE,
@@ -422,3 +423,33 @@ def check_batch(space: Space, data: Observations, batch, n: int) -> None:
         close = np.all(np.abs(others - x) < res, axis=1)
         close[len(data.x) + i] = False
         assert not close.any(), f"proposal {i} within resolution of another recipe"
+
+
+# --- the numbers of the regret-bound stop rule ------------------------------------------
+
+
+@pytest.mark.parametrize("make", [LP_STRATEGIES[0], LP_STRATEGIES[3], STRATEGIES[-1]])
+def test_batch_reports_the_regret_bound_terms_in_loss_units(make, agnp_data):
+    space, data = agnp_data
+    batch = make().propose(space, data, 3, np.random.default_rng(5))
+    metrics = json.loads(json.dumps(batch.notes))["metrics"]
+    n, d = data.x.shape
+    assert metrics["regret_beta"] == pytest.approx(regret_beta(d, n))
+    # recompute the first term from BoTorch's own posterior of the same fit
+    seed = int(np.random.default_rng(5).integers(0, 2**31 - 1))
+    fitted = fit_gp(space, data, seed=seed)
+    with torch.no_grad():
+        post = fitted.model.posterior(fitted.train_u)
+    mean_loss = -post.mean.squeeze(-1)
+    sd = post.variance.squeeze(-1).sqrt()
+    width = metrics["regret_beta"] ** 0.5
+    assert metrics["ucb_min_measured"] == pytest.approx(
+        float((mean_loss + width * sd).min()), abs=1e-6
+    )
+    # the box's minimum LCB is at most the measured recipes' and below the best UCB
+    assert metrics["lcb_min_pool"] <= float((mean_loss - width * sd).min()) + 1e-9
+    assert metrics["regret_bound"] == pytest.approx(
+        metrics["ucb_min_measured"] - metrics["lcb_min_pool"]
+    )
+    assert metrics["regret_bound"] > 0
+    assert 0 < metrics["gp_noise_sd"] == pytest.approx(batch.notes["noise_sd"])

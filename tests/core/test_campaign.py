@@ -27,7 +27,9 @@ from agent.core.events import (
     SpectrumIn,
     Tick,
 )
+from agent.core.stopping import AllOf, AnyOf, MaxRounds, StopReason, WallTime
 from agent.core.testing import TOY_GRID, toy_settings, toy_spectrum
+from protocols import messages as m
 
 ROLES = ("pump", "spectrometer", "xrd")
 
@@ -357,6 +359,68 @@ def test_illegal_transition_raises():
         c._set_state(rec, "complete", 1.0)
     with pytest.raises(CampaignError):
         c.start(1.0)
+
+
+class TimedLab(Lab):
+    """A :class:`Lab` that notes the campaign time at which each round completed."""
+
+    def __init__(self, campaign: Campaign) -> None:
+        super().__init__(campaign, noise=0.001, seed=1)
+        self.round_ends: list[float] = []
+
+    def feed(self, event) -> list:
+        out = super().feed(event)
+        self.round_ends += [self.now for _ in announced(out, "round_complete")]
+        return out
+
+
+def test_live_wall_time_is_counted_from_start_and_checked_when_a_round_completes():
+    # first run: when do the rounds end on this (deterministic) lab's clock?
+    free = TimedLab(Campaign(toy_settings(rounds=3), seed=1))
+    free.now = 5.0  # the campaign starts at 5 s on the shell's clock
+    free.serve(free.bring_up())
+    ends = [t - 5.0 for t in free.round_ends]
+    assert len(ends) == 3 and ends[0] < ends[1] < ends[2]
+
+    # a budget that runs out during round 2: the campaign ends with round 2
+    budget = (ends[0] + ends[1]) / 2
+    c = Campaign(toy_settings(stop_rule=AnyOf((WallTime(budget), MaxRounds(3)))), seed=1)
+    lab = TimedLab(c)
+    lab.now = 5.0
+    lab.serve(lab.bring_up())
+    assert c.stopped and c.rounds_complete == 2 and c.stop_reason.rule == "wall_time"
+    assert c.stop_reason.numbers == pytest.approx({"elapsed_s": ends[1], "wall_time_s": budget})
+    stopped = announced(lab.log, "campaign_stopped")[0].fields
+    assert stopped["rule"] == "wall_time"
+    assert stopped["numbers"] == pytest.approx({"elapsed_s": ends[1], "wall_time_s": budget})
+    note = next(d for d in lab.log if isinstance(d, Note) and d.event == "campaign_stopped")
+    assert note.fields["numbers"] == stopped["numbers"]
+
+
+def test_campaign_stopped_carries_every_all_of_members_numbers_within_the_wire_bounds():
+    class Planted:
+        """A rule that fires with a long name, a non-finite and too many numbers."""
+
+        def __call__(self, progress):
+            numbers = {f"k{i}": float(i) for i in range(70)}
+            numbers["nan"] = math.nan
+            return StopReason("x" * 60, "planted", numbers)
+
+    rule = AllOf((MaxRounds(1), Planted()))
+    c = Campaign(toy_settings(stop_rule=rule), seed=0)
+    lab = Lab(c)
+    lab.serve(lab.bring_up())
+    fields = announced(lab.log, "campaign_stopped")[0].fields
+    assert c.stop_reason.rule == "all_of.max_rounds." + "x" * 60  # in full in the core
+    assert fields["rule"] == c.stop_reason.rule[:64]  # cut to the wire's bound
+    assert c.stop_reason.numbers["max_rounds.rounds"] == 1
+    assert fields["numbers"]["max_rounds.rounds"] == 1.0
+    assert len(fields["numbers"]) == m.MAX_STOP_NUMBERS
+    assert all(math.isfinite(v) for v in fields["numbers"].values())
+    env = {"msg_id": "s1", "seq": 0, "source": "agent", "ts": 1.0, "campaign": "toy"}
+    msg = m.MESSAGE_ADAPTER.validate_python({"kind": "campaign_stopped", **fields, **env})
+    assert msg.rule == fields["rule"]
+    assert msg.numbers == fields["numbers"]
 
 
 def test_failed_proposal_stops_the_campaign_with_its_reason():

@@ -24,6 +24,11 @@ Strategies:
 All are deterministic given the generator passed to ``propose`` (torch's
 global generator is forked, never reseeded).
 
+Each batch's ``notes["metrics"]`` carries the numbers of the regret-bound stop
+rule (:class:`~agent.core.stopping.RegretBound`), in loss units:
+``ucb_min_measured``, ``lcb_min_pool``, ``regret_bound``, ``regret_beta`` and,
+with learned noise, ``gp_noise_sd`` (see :func:`regret_beta`).
+
 >>> import numpy as np
 >>> from agent.core.space import Parameter, Space
 >>> from agent.core.strategies.base import Observations
@@ -37,6 +42,7 @@ global generator is forked, never reseeded).
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 
@@ -68,12 +74,14 @@ from agent.core.strategies.penalisation import (
     log_penaliser,
 )
 
-__all__ = ["LocalPenalizationEI", "QLogNEI", "UpperConfidenceBound"]
+__all__ = ["LocalPenalizationEI", "QLogNEI", "UpperConfidenceBound", "regret_beta"]
 
 # Penaliser widths are floored at this fraction of the outcome scale.
 _MIN_SIGMA = 1e-9
 # Steps of the bisection that pulls a refined point back into the feasible set.
 _REPAIR_STEPS = 30
+# Failure probability delta of the regret bound's confidence parameter.
+_REGRET_DELTA = 0.1
 
 
 class LocalPenalizationEI:
@@ -211,7 +219,7 @@ class LocalPenalizationEI:
         model = CachedGP(fitted)
         train_u = fitted.train_u
         with torch.no_grad():
-            train_mean, _ = model.mean_and_std(train_u)
+            train_mean, train_std = model.mean_and_std(train_u)
         best = float(train_mean.max())
         pool = feasible_pool(space, self.pool_size, seed)
         top = train_u[torch.argsort(train_mean, descending=True)[:8]]
@@ -279,6 +287,7 @@ class LocalPenalizationEI:
             "penaliser": self.penaliser,
             "pool": len(pool),
             "refined": refined,
+            "metrics": _regret_metrics(fitted, model, train_mean, train_std, pool),
         }
         return centres, info
 
@@ -413,8 +422,14 @@ class QLogNEI:
                 options=self.options or None,
             )
             u, replaced = self._enforce(space, data, fitted, cands.detach(), seed)
+            model = CachedGP(fitted)
+            pool = feasible_pool(space, self.pool_size, seed)
+            with torch.no_grad():
+                train_mean, train_std = model.mean_and_std(fitted.train_u)
+            metrics = _regret_metrics(fitted, model, train_mean, train_std, pool)
         notes: dict[str, object] = {
             **fitted.notes(),
+            "metrics": metrics,
             "replaced": replaced,
             "propose_seconds": round(time.perf_counter() - start, 4),
         }
@@ -450,7 +465,52 @@ class QLogNEI:
         return torch.stack(kept), replaced
 
 
+def regret_beta(dim: int, n: int, delta: float = _REGRET_DELTA) -> float:
+    r"""The confidence parameter of the regret bound: GP-UCB's (Srinivas et al. 2010)
+    scaled down by 5, as Makarova et al. (2022) do after Srinivas et al.'s experiments::
+
+        beta = 2 log(d n^2 pi^2 / (6 delta)) / 5
+
+    ``d`` inputs, ``n`` observations, ``delta`` the allowed failure probability.
+
+    >>> round(regret_beta(5, 135), 2)
+    5.68
+    """
+    return 2.0 * math.log(dim * n**2 * math.pi**2 / (6.0 * delta)) / 5.0
+
+
 # --- private helpers -------------------------------------------------------------
+
+
+def _regret_metrics(
+    fitted: FittedGP, model: CachedGP, train_mean: Tensor, train_std: Tensor, pool: Tensor
+) -> dict[str, float]:
+    """The numbers of the regret-bound stop rule, in loss units (loss = -f).
+
+    ``UCB = -mu + sqrt(beta) sigma`` and ``LCB = -mu - sqrt(beta) sigma`` of the
+    latent loss; ``ucb_min_measured = min UCB`` over the training inputs,
+    ``lcb_min_pool = min LCB`` over the candidate pool and the training inputs
+    (the pool stands for the box: its minimum is an estimate from above of the
+    box's, so the bound is an estimate from below); one posterior call on the pool.
+    """
+    n, d = fitted.train_u.shape
+    beta = regret_beta(d, n)
+    width = math.sqrt(beta)
+    with torch.no_grad():
+        pool_mean, pool_std = model.mean_and_std(pool)
+    ucb_measured = float((-train_mean + width * train_std).min())
+    lcb = torch.cat([-pool_mean - width * pool_std, -train_mean - width * train_std])
+    lcb_min = float(lcb.min())
+    out = {
+        "ucb_min_measured": ucb_measured,
+        "lcb_min_pool": lcb_min,
+        "regret_bound": ucb_measured - lcb_min,
+        "regret_beta": beta,
+    }
+    noise = fitted.notes().get("noise_sd")
+    if isinstance(noise, float):
+        out["gp_noise_sd"] = noise
+    return out
 
 
 def _to_physical(space: Space, u: Tensor) -> np.ndarray:
