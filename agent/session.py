@@ -63,7 +63,7 @@ class CampaignOutcome:
         for p in c.space.parameters:
             lo, hi = self.initial_box[p.name]
             if (p.lower, p.upper) != (lo, hi):
-                widened.append(f"{p.name} [{lo:g}, {hi:g}] -> [{p.lower:.3g}, {p.upper:.3g}]")
+                widened.append(f"{p.name} [{lo:g}, {hi:g}] -> [{p.lower:.4g}, {p.upper:.4g}]")
         lines.append("  box widened: " + ("; ".join(widened) if widened else "no"))
         rt = self.runtime.counters
         lines.append(
