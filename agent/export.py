@@ -13,7 +13,25 @@ import numpy as np
 
 from agent.journal import Journal
 
-__all__ = ["export_csv"]
+__all__ = ["condition_columns", "export_csv"]
+
+
+def condition_columns(names: list[str]) -> list[str]:
+    """The header of ``conditions.csv`` (the run's and the export's), for parameters ``names``."""
+    return [
+        "condition",
+        "round",
+        "strategy",
+        "status",
+        *names,
+        "n_used",
+        "n_rejected",
+        "median_loss",
+        "loss_sd",
+        "phase",
+        "phase_confidence",
+        "failure",
+    ]
 
 
 def export_csv(path: Path | str, out_dir: Path | str) -> tuple[Path, Path]:
@@ -40,22 +58,7 @@ def export_csv(path: Path | str, out_dir: Path | str) -> tuple[Path, Path]:
         conditions = out / "conditions.csv"
         with conditions.open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
-            w.writerow(
-                [
-                    "condition",
-                    "round",
-                    "strategy",
-                    "status",
-                    *names,
-                    "n_used",
-                    "n_rejected",
-                    "median_loss",
-                    "loss_sd",
-                    "phase",
-                    "phase_confidence",
-                    "failure",
-                ]
-            )
+            w.writerow(condition_columns(names))
             for row in j.query(
                 "SELECT condition, round, strategy, status, recipe, n_used, n_rejected, "
                 "median_loss, loss_sd, failure FROM conditions ORDER BY round, idx"

@@ -14,6 +14,7 @@ import structlog
 
 from agent.config import CampaignConfig
 from agent.core.campaign import Campaign, RestoreError
+from agent.export import condition_columns
 from agent.journal import Journal, JournalRefused, config_hash
 from agent.runtime import AgentRuntime
 from protocols import messages as m
@@ -176,22 +177,7 @@ def write_conditions_csv(campaign: Campaign, path: Path) -> Path:
     names = list(campaign.space.names)
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(
-            [
-                "condition",
-                "round",
-                "strategy",
-                "status",
-                *names,
-                "n_used",
-                "n_rejected",
-                "median_loss",
-                "loss_sd",
-                "phase",
-                "phase_confidence",
-                "failure",
-            ]
-        )
+        w.writerow(condition_columns(names))
         for rec in campaign.conditions.values():
             phase = rec.phase
             w.writerow(
