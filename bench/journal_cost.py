@@ -44,19 +44,15 @@ sys.path.insert(0, str(ROOT))
 from agent.config import CampaignConfig  # noqa: E402
 from agent.core.campaign import Campaign  # noqa: E402
 from agent.core.events import (  # noqa: E402
-    AcquireAcked,
     DriverUp,
     FlowStable,
-    PhaseLabelIn,
-    ProposalReady,
-    RequestProposal,
-    SendAcquire,
-    SendSafeState,
     SendSetpoint,
     SetpointAcked,
     SpectrumIn,
 )
+from agent.core.stopping import MaxRounds  # noqa: E402
 from agent.core.strategies.base import Batch  # noqa: E402
+from agent.core.testing import ToyLab  # noqa: E402
 from agent.journal import Journal  # noqa: E402
 
 ROLES = ("pump", "spectrometer", "xrd")
@@ -83,62 +79,26 @@ def settings(max_rounds: int):
     )
     s = cfg.to_settings()
     u = UniformSampler()
-    return dataclasses.replace(s, initial_strategy=u, strategy=u), cfg
+    # a pure round budget: the file's target loss must not end the run early
+    rule = MaxRounds(max_rounds)
+    return dataclasses.replace(s, initial_strategy=u, strategy=u, stop_rule=rule), cfg
 
 
-class Lab:
+class Lab(ToyLab):
     """Perfect instruments behind the runtime's seam: core -> journal -> act."""
 
     def __init__(self, campaign: Campaign, journal: Journal, seed: int = 0) -> None:
-        self.c, self.j = campaign, journal
-        self.now = 0.0
-        self.rng = np.random.default_rng(seed)
+        super().__init__(campaign, seed=seed, dt=0.001)
+        self.j = journal
         self.target = campaign.settings.loss.target
-        self.k: dict[str, int] = {}
         self.amp: dict[str, float] = {}
 
-    def step(self, event, decisions, **kw):
+    def record(self, event, decisions, **kw) -> None:
         self.j.commit(self.c, event, decisions, self.now, **kw)
-        out = []
-        for d in decisions:
-            out.append(d)
-            if isinstance(d, RequestProposal):
-                batch, notes = self.c.propose_batch()
-                ev = ProposalReady(batch, notes, self.now)
-                out += self.step(ev, self.c.handle(ev), rng_state=self.c.rng_state)
-        return out
-
-    def feed(self, event):
-        return self.step(event, self.c.handle(event))
 
     def spectrum(self, cid: str) -> np.ndarray:
         amp = self.amp.setdefault(cid, float(self.rng.uniform(0.6, 1.4)))
         return amp * self.target + 0.003 * self.rng.standard_normal(self.target.size)
-
-    def run(self, stop_after: int | None = None) -> None:
-        grid = self.c.settings.grid
-        queue = self.step(None, self.c.start(self.now))
-        for role in ROLES:
-            queue += self.feed(DriverUp(role, self.now))
-        while queue:
-            d = queue.pop(0)
-            self.now += 0.001
-            if isinstance(d, SendSetpoint):
-                queue += self.feed(SetpointAcked(d.cmd_id, True, "", self.now))
-                queue += self.feed(FlowStable(d.cmd_id, d.condition, self.now))
-            elif isinstance(d, SendAcquire) and d.role == "spectrometer":
-                queue += self.feed(AcquireAcked(d.cmd_id, True, "", self.now))
-                for _ in range(d.n):
-                    k = self.k.get(d.condition, 0)
-                    self.k[d.condition] = k + 1
-                    values = self.spectrum(d.condition)
-                    ev = SpectrumIn(d.condition, k, values, grid.start, grid.step, self.now)
-                    queue += self.feed(ev)
-            elif isinstance(d, SendAcquire):
-                queue += self.feed(AcquireAcked(d.cmd_id, True, "", self.now))
-                queue += self.feed(PhaseLabelIn(d.condition, "Ag-fcc", 0.9, self.now))
-            elif isinstance(d, SendSafeState):
-                queue += self.feed(SetpointAcked(d.cmd_id, True, "", self.now))
 
 
 def write_cost(tmp: Path, n: int, sync: str) -> dict[str, float]:
@@ -210,7 +170,7 @@ def resume_cost(tmp: Path, n_conditions: int) -> dict[str, float]:
     with Journal.create(
         path, campaign_id="bench", config_hash="0" * 64, seed=0, parameters=list(s.space.names)
     ) as j:
-        Lab(c, j).run()
+        Lab(c, j).run(max_steps=sys.maxsize)
         n_spectra = j.count("replicates")
     write_s = time.perf_counter() - t0
     assert c.stopped and len(c.conditions) == rounds * 15

@@ -7,14 +7,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.core.campaign import CampaignSettings
+from agent.core.campaign import Campaign, CampaignSettings
+from agent.core.events import (
+    AcquireAcked,
+    Decision,
+    DriverUp,
+    Event,
+    FlowStable,
+    PhaseLabelIn,
+    ProposalReady,
+    RequestProposal,
+    SendAcquire,
+    SendSafeState,
+    SendSetpoint,
+    SetpointAcked,
+    SpectrumIn,
+)
 from agent.core.objective import AgnpLoss
 from agent.core.replicates import Grid, ReplicateSettings
 from agent.core.space import Channel, ChannelMap, LinearConstraint, Parameter, Space
 from agent.core.stopping import MaxRounds
 from agent.core.strategies.lhs import LatinHypercube
 
-__all__ = ["TOY_GRID", "TOY_TARGET", "agnp_space", "toy_settings", "toy_spectrum"]
+__all__ = ["TOY_GRID", "TOY_TARGET", "ToyLab", "agnp_space", "toy_settings", "toy_spectrum"]
 
 TOY_GRID = Grid(400.0, 10.0, 5)
 TOY_TARGET = np.array([0.0, 0.4, 1.0, 0.4, 0.0])
@@ -97,3 +112,94 @@ def agnp_space(*, constraint_upper: float | None = 90.0, agno3_max_flow: float =
             ),
         ),
     )
+
+
+class ToyLab:
+    """Perfect instruments that answer a campaign's commands at once, on a fake clock.
+
+    Each step goes core -> :meth:`record` -> act, the order of the live runtime
+    (which journals at :meth:`record`'s place); a proposal request is carried out
+    at once, as the shell's worker thread would. Every decision lands in
+    :attr:`log`. Subclasses override :meth:`record` (e.g. to journal) and
+    :meth:`spectrum` (another world).
+
+    Args:
+        campaign: the campaign to serve.
+        noise: standard deviation of the white noise on each toy spectrum.
+        seed: seeds that noise.
+        dt: fake seconds per command served.
+    """
+
+    roles = ("pump", "spectrometer", "xrd")
+
+    def __init__(
+        self, campaign: Campaign, *, noise: float = 0.0, seed: int = 0, dt: float = 0.01
+    ) -> None:
+        self.c = campaign
+        self.now = 0.0
+        self.dt = dt
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+        self.log: list[Decision] = []
+        self.replicate_k: dict[str, int] = {}
+
+    def record(self, event: Event | None, decisions: list[Decision], **kw: object) -> None:
+        """Called with each event and the decisions it led to, before they are acted on."""
+
+    def spectrum(self, condition: str) -> np.ndarray:
+        """One droplet's spectrum for ``condition`` (on the toy grid)."""
+        recipe = self.c.conditions[condition].recipe
+        return toy_spectrum(recipe) + self.noise * self.rng.standard_normal(TOY_GRID.n)
+
+    def step(self, event: Event | None, decisions: list[Decision], **kw: object) -> list[Decision]:
+        self.record(event, decisions, **kw)
+        self.log += decisions
+        out: list[Decision] = []
+        for d in decisions:
+            out.append(d)
+            if isinstance(d, RequestProposal):
+                batch, notes = self.c.propose_batch()
+                ev = ProposalReady(batch, notes, self.now)
+                out += self.step(ev, self.c.handle(ev), rng_state=self.c.rng_state)
+        return out
+
+    def feed(self, event: Event) -> list[Decision]:
+        return self.step(event, self.c.handle(event))
+
+    def bring_up(self) -> list[Decision]:
+        """Start the campaign and bring every driver up; returns the decisions to serve."""
+        out = self.step(None, self.c.start(self.now))
+        for role in self.roles:
+            out += self.feed(DriverUp(role, self.now))
+        return out
+
+    def serve(self, decisions: list[Decision], max_steps: int = 20_000) -> None:
+        """Answer ``decisions`` and everything they lead to (at most ``max_steps``)."""
+        queue = list(decisions)
+        grid = self.c.settings.grid
+        steps = 0
+        while queue and steps < max_steps:
+            steps += 1
+            d = queue.pop(0)
+            self.now += self.dt
+            if isinstance(d, SendSetpoint):
+                queue += self.feed(SetpointAcked(d.cmd_id, True, "", self.now))
+                queue += self.feed(FlowStable(d.cmd_id, d.condition, self.now))
+            elif isinstance(d, SendAcquire) and d.role == "spectrometer":
+                queue += self.feed(AcquireAcked(d.cmd_id, True, "", self.now))
+                for _ in range(d.n):
+                    k = self.replicate_k.get(d.condition, 0)
+                    self.replicate_k[d.condition] = k + 1
+                    values = self.spectrum(d.condition)
+                    queue += self.feed(
+                        SpectrumIn(d.condition, k, values, grid.start, grid.step, self.now)
+                    )
+            elif isinstance(d, SendAcquire):
+                queue += self.feed(AcquireAcked(d.cmd_id, True, "", self.now))
+                queue += self.feed(PhaseLabelIn(d.condition, "Ag-fcc", 0.9, self.now))
+            elif isinstance(d, SendSafeState):
+                queue += self.feed(SetpointAcked(d.cmd_id, True, "", self.now))
+
+    def run(self, max_steps: int = 20_000) -> None:
+        """Bring up and serve until nothing is left to do."""
+        self.serve(self.bring_up(), max_steps)

@@ -18,21 +18,14 @@ import structlog
 from agent.cli import main
 from agent.core.campaign import Campaign
 from agent.core.events import (
-    AcquireAcked,
     Announce,
     DriverUp,
-    FlowStable,
     Note,
-    PhaseLabelIn,
-    ProposalReady,
     RequestProposal,
-    SendAcquire,
-    SendSafeState,
     SendSetpoint,
-    SetpointAcked,
     SpectrumIn,
 )
-from agent.core.testing import TOY_GRID, toy_settings, toy_spectrum
+from agent.core.testing import TOY_GRID, ToyLab, toy_settings
 from agent.export import export_csv
 from agent.journal import Journal, JournalRefused
 
@@ -54,61 +47,17 @@ def new_journal(path: Path, **kw) -> Journal:
     return Journal.create(path, **args)
 
 
-class JournalledLab:
+class JournalledLab(ToyLab):
     """Perfect instruments; every step goes core -> journal -> act, as in the runtime."""
 
     def __init__(self, campaign: Campaign, journal: Journal, on_step=None) -> None:
-        self.c = campaign
+        super().__init__(campaign, noise=0.02, seed=5)
         self.j = journal
-        self.now = 0.0
-        self.k: dict[str, int] = {}
         self.on_step = on_step or (lambda lab, decisions: None)
-        self.rng = np.random.default_rng(5)
 
-    def step(self, event, decisions, **kw) -> list:
+    def record(self, event, decisions, **kw) -> None:
         self.j.commit(self.c, event, decisions, self.now, **kw)
         self.on_step(self, decisions)
-        out = []
-        for d in decisions:
-            out.append(d)
-            if isinstance(d, RequestProposal):
-                batch, notes = self.c.propose_batch()
-                ev = ProposalReady(batch, notes, self.now)
-                out += self.step(ev, self.c.handle(ev), rng_state=self.c.rng_state)
-        return out
-
-    def feed(self, event) -> list:
-        return self.step(event, self.c.handle(event))
-
-    def run(self, max_steps: int = 20_000) -> None:
-        queue = self.step(None, self.c.start(self.now))
-        for role in ROLES:
-            queue += self.feed(DriverUp(role, self.now))
-        self.serve(queue, max_steps)
-
-    def serve(self, queue: list, max_steps: int = 20_000) -> None:
-        steps = 0
-        while queue and steps < max_steps:
-            steps += 1
-            d = queue.pop(0)
-            self.now += 0.01
-            if isinstance(d, SendSetpoint):
-                queue += self.feed(SetpointAcked(d.cmd_id, True, "", self.now))
-                queue += self.feed(FlowStable(d.cmd_id, d.condition, self.now))
-            elif isinstance(d, SendAcquire) and d.role == "spectrometer":
-                queue += self.feed(AcquireAcked(d.cmd_id, True, "", self.now))
-                recipe = self.c.conditions[d.condition].recipe
-                for _ in range(d.n):
-                    k = self.k.get(d.condition, 0)
-                    self.k[d.condition] = k + 1
-                    s = toy_spectrum(recipe) + 0.02 * self.rng.standard_normal(TOY_GRID.n)
-                    ev = SpectrumIn(d.condition, k, s, TOY_GRID.start, TOY_GRID.step, self.now)
-                    queue += self.feed(ev)
-            elif isinstance(d, SendAcquire) and d.role == "xrd":
-                queue += self.feed(AcquireAcked(d.cmd_id, True, "", self.now))
-                queue += self.feed(PhaseLabelIn(d.condition, "Ag-fcc", 0.9, self.now))
-            elif isinstance(d, SendSafeState):
-                queue += self.feed(SetpointAcked(d.cmd_id, True, "", self.now))
 
 
 def outcome(c: Campaign) -> dict:

@@ -10,7 +10,6 @@ import pytest
 
 from agent.core.campaign import Campaign, CampaignError, Result, TellError
 from agent.core.events import (
-    AcquireAcked,
     Announce,
     DriverDown,
     DriverUp,
@@ -28,7 +27,7 @@ from agent.core.events import (
     Tick,
 )
 from agent.core.stopping import AllOf, AnyOf, MaxRounds, StopReason, WallTime
-from agent.core.testing import TOY_GRID, toy_settings, toy_spectrum
+from agent.core.testing import ToyLab, toy_settings, toy_spectrum
 from protocols import messages as m
 
 ROLES = ("pump", "spectrometer", "xrd")
@@ -59,54 +58,6 @@ def up(c: Campaign, now: float = 0.0) -> list:
 
 def announced(decisions, kind):
     return [d for d in decisions if isinstance(d, Announce) and d.kind == kind]
-
-
-class Lab:
-    """Answers the campaign's commands at once, as perfect instruments would."""
-
-    def __init__(self, campaign: Campaign, noise: float = 0.0, seed: int = 0) -> None:
-        self.c = campaign
-        self.now = 0.0
-        self.rng = np.random.default_rng(seed)
-        self.noise = noise
-        self.log: list = []
-        self.replicate_k: dict[str, int] = {}
-
-    def feed(self, event) -> list:
-        out = settle(self.c, self.c.handle(event), self.now)
-        self.log += out
-        return out
-
-    def bring_up(self) -> list:
-        out = up(self.c, self.now)
-        self.log += out
-        return out
-
-    def serve(self, decisions, max_steps: int = 10_000) -> None:
-        queue = list(decisions)
-        steps = 0
-        while queue and steps < max_steps:
-            steps += 1
-            d = queue.pop(0)
-            self.now += 0.01
-            if isinstance(d, SendSetpoint):
-                queue += self.feed(SetpointAcked(d.cmd_id, True, "", self.now))
-                queue += self.feed(FlowStable(d.cmd_id, d.condition, self.now))
-            elif isinstance(d, SendAcquire) and d.role == "spectrometer":
-                queue += self.feed(AcquireAcked(d.cmd_id, True, "", self.now))
-                recipe = self.c.conditions[d.condition].recipe
-                for _ in range(d.n):
-                    k = self.replicate_k.get(d.condition, 0)
-                    self.replicate_k[d.condition] = k + 1
-                    s = toy_spectrum(recipe) + self.noise * self.rng.standard_normal(TOY_GRID.n)
-                    queue += self.feed(
-                        SpectrumIn(d.condition, k, s, TOY_GRID.start, TOY_GRID.step, self.now)
-                    )
-            elif isinstance(d, SendAcquire) and d.role == "xrd":
-                queue += self.feed(AcquireAcked(d.cmd_id, True, "", self.now))
-                queue += self.feed(PhaseLabelIn(d.condition, "Ag-fcc", 0.9, self.now))
-            elif isinstance(d, SendSafeState):
-                queue += self.feed(SetpointAcked(d.cmd_id, True, "", self.now))
 
 
 # --- offline ask/tell ----------------------------------------------------------
@@ -188,7 +139,7 @@ def test_no_command_before_every_required_driver_said_hello():
 
 def test_live_campaign_runs_every_condition_once_and_stops_safely():
     c = Campaign(toy_settings(rounds=2), seed=1)
-    lab = Lab(c, noise=0.001)
+    lab = ToyLab(c, noise=0.001)
     lab.serve(lab.bring_up())
     assert c.stopped and c.stop_reason.rule == "max_rounds"
     assert len(c.conditions) == 8
@@ -339,7 +290,7 @@ def test_stalled_measurement_is_retried_once_then_failed():
 
 def test_late_and_contradicting_phase_labels_attach_to_their_condition():
     c = Campaign(toy_settings(rounds=3), seed=0)
-    lab = Lab(c)
+    lab = ToyLab(c)
     lab.serve(lab.bring_up())
     first = c.conditions["r01-c01"]
     out = c.handle(PhaseLabelIn("r01-c01", "Ag2O", 0.95, 99.0))
@@ -361,8 +312,8 @@ def test_illegal_transition_raises():
         c.start(1.0)
 
 
-class TimedLab(Lab):
-    """A :class:`Lab` that notes the campaign time at which each round completed."""
+class TimedLab(ToyLab):
+    """A :class:`ToyLab` that notes the campaign time at which each round completed."""
 
     def __init__(self, campaign: Campaign) -> None:
         super().__init__(campaign, noise=0.001, seed=1)
@@ -408,7 +359,7 @@ def test_campaign_stopped_carries_every_all_of_members_numbers_within_the_wire_b
 
     rule = AllOf((MaxRounds(1), Planted()))
     c = Campaign(toy_settings(stop_rule=rule), seed=0)
-    lab = Lab(c)
+    lab = ToyLab(c)
     lab.serve(lab.bring_up())
     fields = announced(lab.log, "campaign_stopped")[0].fields
     assert c.stop_reason.rule == "all_of.max_rounds." + "x" * 60  # in full in the core
