@@ -203,7 +203,8 @@ def write_section(text: str) -> None:
     if BEGIN in current and END in current:
         head, rest = current.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
-        new = head + block + tail.lstrip("\n")
+        tail = tail.lstrip("\n")
+        new = head + block + ("\n" + tail if tail else "")
     else:
         new = current.rstrip("\n") + "\n\n" + block
     RESULTS.write_text(new)
