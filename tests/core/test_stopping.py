@@ -312,7 +312,7 @@ def test_closeness_lists_any_of_members_and_gauges_all_of_at_its_least_advanced_
     assert group.numbers["no_improvement.improvement"] == pytest.approx(0.02)
     assert gauges[2].fraction == pytest.approx(0.8)
     assert closeness(MaxRounds(4), progress)[0].fraction == 1.0  # 4 of 4 rounds: fires
-    fired = after((0.5, 0.32, 0.3, 0.3), metrics={"model_stability": 0.95})
+    fired = after((0.5, 0.305, 0.3, 0.3), metrics={"model_stability": 0.95})
     assert closeness(rule, fired)[1].fraction == 1.0
 
 
