@@ -392,13 +392,30 @@ class AgentRuntime:
             except JournalError as exc:
                 log.error("journal_write_failed", reason=str(exc))
                 raise
-        self._execute(decisions)
-        if isinstance(event, SpectrumIn):
+        if isinstance(event, SpectrumIn) and self._filed(event.condition, decisions):
+            # before the decisions: the replicate that completed a condition comes
+            # before its condition_complete
             fields = condition_progress(self.campaign, event.condition, self.clock.now())
             if fields is not None:
                 self._publish_view("condition_progress", fields)
+        self._execute(decisions)
+
+    def _filed(self, condition: str, decisions: list[Decision]) -> bool:
+        """Whether a spectrum for ``condition`` was filed with it: it is still being
+        measured, or the spectrum completed it (a late one for a finished
+        condition is not)."""
+        rec = self.campaign.conditions.get(condition)
+        if rec is not None and rec.state == "measuring":
+            return True
+        return any(
+            isinstance(d, Announce)
+            and d.kind == "condition_complete"
+            and d.fields.get("condition") == condition
+            for d in decisions
+        )
 
     def _execute(self, decisions: list[Decision]) -> None:
+        status_sent = False
         for d in decisions:
             match d:
                 case RequestProposal():
@@ -442,14 +459,17 @@ class AgentRuntime:
                     log.info("safe_state_sent", cmd_id=d.cmd_id, reason=d.reason)
                 case Announce():
                     self._publish(d)
+                    if d.kind in _ROUND_CHANGES and not status_sent:
+                        # a snapshot of the campaign after this step, once, right
+                        # after the round change (so before a campaign_stopped)
+                        self._publish_status()
+                        status_sent = True
                 case Note():
                     fields = dict(d.fields)
                     cond = fields.pop("condition", None)
                     ctx = self._ctx_of(cond) if isinstance(cond, str) else {}
                     ctx.update(fields)
                     getattr(log, d.level)(d.event, **ctx)
-        if any(isinstance(d, Announce) and d.kind in _ROUND_CHANGES for d in decisions):
-            self._publish_status()
         if self.campaign.stopped and not self._stopped.is_set():
             self._stopped.set()
         changed, self._changed = self._changed, asyncio.Event()
