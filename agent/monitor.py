@@ -53,6 +53,7 @@ log = structlog.get_logger("sdl_agent.monitor")
 _POLL_MS = 200
 _RECONNECT_MS = 200
 _RECONNECT_MAX_MS = 2000
+_BAR_WIDTH = 30
 
 
 def parse_endpoint(text: str) -> str:
@@ -131,15 +132,15 @@ class MonitorView:
             return Group(head, Text("waiting for the first campaign_status ...", style="dim"))
         grid = Table.grid(padding=(0, 1))
         grid.add_column(style="bold", no_wrap=True)
+        grid.add_column(no_wrap=True, min_width=_BAR_WIDTH)
         grid.add_column()
-        grid.add_column(no_wrap=True)
         elapsed = "" if s.elapsed_s is None else f", {_duration(s.elapsed_s)}"
         grid.add_row("campaign", f"{s.campaign or '?'}: {s.state}{elapsed}", "")
         grid.add_row(
             f"round {s.round}",
             _bar(s.conditions_done, s.conditions_total),
             f"{s.conditions_done}/{s.conditions_total} conditions "
-            f"({s.rounds_complete} rounds complete)",
+            f"(rounds complete: {s.rounds_complete})",
         )
         p = self.progress
         if p is not None:
@@ -155,15 +156,14 @@ class MonitorView:
             grid.add_row(a.condition, a.state, f"{a.n_accepted} used, {a.n_rejected} rejected")
         best = "none yet" if s.best_loss is None else f"{s.best_loss:.4f} at {s.best_condition}"
         grid.add_row("best loss", best, "")
-        box = "  ".join(f"{k} [{lo:.4g}, {hi:.4g}]" for k, (lo, hi) in s.box.items())
-        grid.add_row("box", box, "")
         for g in sorted(s.stop, key=lambda g: -g.fraction):
             grid.add_row(
                 f"stop: {g.rule}",
                 _bar(round(g.fraction * 100), 100),
                 f"{g.fraction:4.0%}  {_numbers(g.numbers)}",
             )
-        parts: list[RenderableType] = [head, grid]
+        box = "  ".join(f"{k} [{lo:.4g}, {hi:.4g}]" for k, (lo, hi) in s.box.items())
+        parts: list[RenderableType] = [head, grid, Text.assemble(("box ", "bold"), box)]
         if self.stopped is not None:
             parts.append(Text(f"stopped: {self.stopped.reason}", style="bold"))
         if self.recent:
@@ -352,7 +352,7 @@ def _json(msg: m.Message) -> str:
 
 
 def _bar(done: int, total: int) -> ProgressBar:
-    return ProgressBar(total=max(total, 1), completed=min(done, max(total, 1)), width=30)
+    return ProgressBar(total=max(total, 1), completed=min(done, max(total, 1)), width=_BAR_WIDTH)
 
 
 def _text_bar(done: int, total: int, width: int = 20) -> str:
