@@ -90,8 +90,11 @@ async def test_monitor_follows_a_real_campaign_once_and_streaming(tmp_path):
         assert [g["rule"] for g in snapshot["stop"]] == CONFIGURED_RULES
         assert set(snapshot["box"]) == {"q_agno3", "q_pva", "q_tsc", "q_seed", "q_tot"}
 
+        assert stream.stdout is not None
+        first = await asyncio.wait_for(stream.stdout.readline(), TIMEOUT)  # it is subscribed
         procs = start_drivers(base, time_scale=0.005, seed=0, log_dir=tmp_path / "logs")
         code, out, err = await finish(stream)
+        out = first.decode() + out
         assert code == 0, err
         code_agent, _, agent_err = await finish(agent)
         assert code_agent == 0, agent_err[-2000:]
@@ -166,6 +169,8 @@ async def test_monitor_rejects_garbage_keeps_going_and_follows_an_agent_restart(
                 pub.send_multipart(frames)
             pub.send_multipart(encode(examples["round_complete"]))
             line = await monitor.stdout.readline()
+            while line.startswith(b"status running"):  # snapshots sent while syncing
+                line = await monitor.stdout.readline()
             assert line.decode().startswith("round 1: complete 14, failed 1")
 
             # the agent restarts: a new socket on the same endpoint, seq from 0 again
