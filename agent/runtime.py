@@ -9,8 +9,8 @@ heartbeats), ``_events`` the SUB (measurements), and the status PUB is written
 only from the event loop's thread: by the code that executes decisions, and by
 ``_status_ticker``, which publishes a ``campaign_status`` snapshot every
 ``status_interval`` seconds (also sent at each round change; a
-``condition_progress`` follows every replicate filed). Every socket has linger set and is
-closed in ``finally``.
+``condition_progress`` follows every replicate filed). Every socket has linger
+set and is closed in ``finally``.
 """
 
 from __future__ import annotations
