@@ -1,8 +1,9 @@
 """``sdl-agent``: the command line.
 
 Subcommands: ``run`` a campaign beside real or simulated drivers (journalled,
-resumable), ``export`` a journal as CSV, ``demo`` a whole simulated lab, start
-a simulated ``driver``, ``validate`` a campaign file, write the wire ``schema``.
+resumable), ``monitor`` a running agent (read-only), ``export`` a journal as
+CSV, ``demo`` a whole simulated lab, start a simulated ``driver``, ``validate``
+a campaign file, write the wire ``schema``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ examples:
   sdl-agent demo                                   # simulated lab, 3 rounds of 15
   sdl-agent run examples/agnp.toml --set stop.max_rounds=8
   sdl-agent run examples/agnp.toml --resume        # carry on from runs/journal.sqlite
+  sdl-agent monitor --connect lab-pc:5562          # watch it from anywhere (read-only)
   sdl-agent export runs/journal.sqlite --csv out/  # conditions.csv, replicates.csv
   sdl-agent driver pump --connect tcp://127.0.0.1:5560
   sdl-agent validate examples/agnp.toml
@@ -88,6 +90,55 @@ def _parser() -> argparse.ArgumentParser:
         "at ~4 ms per write (default: %(default)s)",
     )
     run.set_defaults(func=_run)
+
+    mon = sub.add_parser(
+        "monitor",
+        help="watch a running agent: round, replicates, best loss, box, stop rules (read-only)",
+        description="Subscribe to a running agent's status events and show its progress: "
+        "the round and its conditions, the condition being measured and its replicates, the "
+        "best loss, the search box, and how close each stop rule is to firing. It only "
+        "listens (a ZeroMQ SUB socket), so it can run on any machine that reaches the "
+        "status endpoint and can never command the lab. On a terminal the view is redrawn "
+        "in place; otherwise one line per event.",
+        epilog="The status endpoint is the agent's base port + 2: an agent run with "
+        "--base tcp://0.0.0.0:5560 is watched with --connect tcp://LAB-PC:5562. "
+        "See docs/monitor.md.",
+    )
+    mon.add_argument(
+        "--connect",
+        required=True,
+        metavar="ENDPOINT",
+        help="the agent's status endpoint, tcp://HOST:PORT or HOST:PORT (base port + 2)",
+    )
+    mon.add_argument(
+        "--once",
+        action="store_true",
+        help="print one campaign_status snapshot and exit (exit code 1 if none comes "
+        "within --timeout)",
+    )
+    mon.add_argument(
+        "--json", action="store_true", help="one JSON object per line per event, for scripts"
+    )
+    mon.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="with --once: how long to wait for a snapshot (default: %(default)s)",
+    )
+    mon.add_argument(
+        "--until-stopped",
+        action="store_true",
+        help="exit after the campaign_stopped event (default: keep watching, across agent "
+        "restarts, until Ctrl-C)",
+    )
+    mon.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("debug", "info", "warning", "error"),
+        help="JSON log lines on stderr, e.g. rejected messages (default: %(default)s)",
+    )
+    mon.set_defaults(func=_monitor)
 
     export = sub.add_parser(
         "export",
@@ -215,6 +266,28 @@ def _run(args: argparse.Namespace) -> int:
     print(result.summary())
     print(f"  journal: {journal}")
     return 0
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from agent.logs import configure_logging
+    from agent.monitor import parse_endpoint, watch
+
+    try:
+        endpoint = parse_endpoint(args.connect)
+    except ValueError as exc:
+        print(f"sdl-agent monitor: {exc}", file=sys.stderr)
+        return 2
+    if not args.timeout > 0:
+        print("sdl-agent monitor: --timeout must be > 0", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level)
+    return watch(
+        endpoint,
+        once=args.once,
+        as_json=args.json,
+        timeout=args.timeout,
+        until_stopped=args.until_stopped,
+    )
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -285,6 +285,7 @@ class DriversConfig(_Section):
 class BusConfig(_Section):
     base: str = "tcp://127.0.0.1:5560"
     max_message_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
+    status_interval_s: Annotated[float, Field(ge=0.05, le=3600, allow_inf_nan=False)] = 2.0
 
 
 class CampaignConfig(_Section):

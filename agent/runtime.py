@@ -6,8 +6,11 @@ that come back (send a command, publish a status event, write a log record).
 
 One coroutine owns one socket: ``_commands`` the ROUTER (driver hellos, acks,
 heartbeats), ``_events`` the SUB (measurements), and the status PUB is written
-only from the loop that executes decisions. Every socket has linger set and is
-closed in ``finally``.
+only from the event loop's thread: by the code that executes decisions, and by
+``_status_ticker``, which publishes a ``campaign_status`` snapshot every
+``status_interval`` seconds (also sent at each round change; a
+``condition_progress`` follows every replicate filed). Every socket has linger
+set and is closed in ``finally``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import pydantic
 import structlog
 import zmq
 import zmq.asyncio
@@ -46,6 +50,7 @@ from agent.core.events import (
     Tick,
 )
 from agent.core.sequence import SequenceTracker
+from agent.core.status import campaign_status, condition_progress
 from agent.core.strategies.base import StrategyError
 from agent.journal import Journal, JournalError
 from protocols import messages as m
@@ -59,6 +64,8 @@ log = structlog.get_logger("sdl_agent")
 
 _DRIVER_KINDS = {"hello", "heartbeat", "setpoint_ack", "acquire_ack", "fault"}
 _MEASUREMENT_KINDS = {"flow_readback", "spectrum", "phase_label", "heartbeat", "fault"}
+#: status events after which a fresh campaign_status goes out at once
+_ROUND_CHANGES = {"proposal", "round_complete", "campaign_stopped"}
 
 
 class Clock(Protocol):
@@ -97,6 +104,7 @@ class AgentRuntime:
             ack and late phase labels before closing.
         on_status: called with every status message published (the demo prints
             progress from it).
+        status_interval: seconds between ``campaign_status`` snapshots.
         journal: where every step is written before it is acted on (None: nowhere).
     """
 
@@ -113,6 +121,7 @@ class AgentRuntime:
         on_status: Callable[[m.Message], None] | None = None,
         context: zmq.asyncio.Context | None = None,
         journal: Journal | None = None,
+        status_interval: float = 2.0,
     ) -> None:
         self.campaign = campaign
         self.journal = journal
@@ -123,6 +132,7 @@ class AgentRuntime:
         self.drain_s = drain_s
         self.max_bytes = max_bytes
         self.on_status = on_status
+        self.status_interval = status_interval
         self.counters = Counters()
         self.session = m.new_id()
         self._ctx = context or zmq.asyncio.Context.instance()
@@ -180,6 +190,7 @@ class AgentRuntime:
                 asyncio.create_task(self._commands(), name="commands"),
                 asyncio.create_task(self._events(), name="events"),
                 asyncio.create_task(self._ticker(), name="ticker"),
+                asyncio.create_task(self._status_ticker(), name="status"),
             ]
             stop_wait = asyncio.create_task(self._stop_requested.wait())
             done_wait = asyncio.create_task(self._stopped.wait())
@@ -242,6 +253,11 @@ class AgentRuntime:
             tick = Tick(now)
             self._act(tick, self.campaign.handle(tick))
             await asyncio.sleep(self.tick_interval)
+
+    async def _status_ticker(self) -> None:
+        while True:
+            self._publish_status()
+            await asyncio.sleep(self.status_interval)
 
     # ------------------------------------------------------------ inbound
 
@@ -376,9 +392,30 @@ class AgentRuntime:
             except JournalError as exc:
                 log.error("journal_write_failed", reason=str(exc))
                 raise
+        if isinstance(event, SpectrumIn) and self._filed(event.condition, decisions):
+            # before the decisions: the replicate that completed a condition comes
+            # before its condition_complete
+            fields = condition_progress(self.campaign, event.condition, self.clock.now())
+            if fields is not None:
+                self._publish_view("condition_progress", fields)
         self._execute(decisions)
 
+    def _filed(self, condition: str, decisions: list[Decision]) -> bool:
+        """Whether a spectrum for ``condition`` was filed with it: it is still being
+        measured, or the spectrum completed it (a late one for a finished
+        condition is not)."""
+        rec = self.campaign.conditions.get(condition)
+        if rec is not None and rec.state == "measuring":
+            return True
+        return any(
+            isinstance(d, Announce)
+            and d.kind == "condition_complete"
+            and d.fields.get("condition") == condition
+            for d in decisions
+        )
+
     def _execute(self, decisions: list[Decision]) -> None:
+        status_sent = False
         for d in decisions:
             match d:
                 case RequestProposal():
@@ -422,6 +459,11 @@ class AgentRuntime:
                     log.info("safe_state_sent", cmd_id=d.cmd_id, reason=d.reason)
                 case Announce():
                     self._publish(d)
+                    if d.kind in _ROUND_CHANGES and not status_sent:
+                        # a snapshot of the campaign after this step, once, right
+                        # after the round change (so before a campaign_stopped)
+                        self._publish_status()
+                        status_sent = True
                 case Note():
                     fields = dict(d.fields)
                     cond = fields.pop("condition", None)
@@ -484,6 +526,24 @@ class AgentRuntime:
         record = self._ctx_of(cond) if isinstance(cond, str) else {}
         record.update((k, v) for k, v in fields.items() if k != "conditions")
         log.info(d.kind, **record)
+        if self.on_status is not None:
+            self.on_status(msg)
+
+    def _publish_status(self) -> None:
+        self._publish_view("campaign_status", campaign_status(self.campaign, self.clock.now()))
+
+    def _publish_view(self, kind: str, fields: dict[str, Any]) -> None:
+        """Publish a monitor's view (``campaign_status``, ``condition_progress``):
+        not journalled and not logged (the events behind it are); a view that does
+        not fit its message is logged and dropped, never fatal."""
+        try:
+            msg = m.MESSAGE_ADAPTER.validate_python({"kind": kind, **fields, **self._env("status")})
+        except pydantic.ValidationError as exc:
+            log.error("status_not_published", kind=kind, reason=str(exc)[:500])
+            return
+        if self._pub is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._pub.send_multipart(encode(msg), flags=zmq.NOBLOCK)
         if self.on_status is not None:
             self.on_status(msg)
 

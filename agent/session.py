@@ -123,6 +123,7 @@ async def run_campaign(
             Endpoints.from_base(cfg.bus.base),
             heartbeat_interval=cfg.drivers.heartbeat_interval_s,
             max_bytes=cfg.bus.max_message_bytes,
+            status_interval=cfg.bus.status_interval_s,
             drain_s=drain_s,
             on_status=on_status,
             journal=journal,

@@ -32,14 +32,18 @@ __all__ = [
     "MAX_CHANNELS",
     "MAX_SPECTRUM_POINTS",
     "MAX_STOP_NUMBERS",
+    "MAX_STOP_RULES",
     "MESSAGE_ADAPTER",
     "SCHEMA_VERSION",
     "STATUS_KINDS",
     "Acquire",
     "AcquireAck",
+    "ActiveCondition",
     "BoundaryExpanded",
+    "CampaignStatus",
     "CampaignStopped",
     "ConditionComplete",
+    "ConditionProgress",
     "Fault",
     "FlowReadback",
     "Heartbeat",
@@ -54,14 +58,16 @@ __all__ = [
     "Setpoint",
     "SetpointAck",
     "Spectrum",
+    "StopCloseness",
     "new_id",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_SPECTRUM_POINTS = 8192
 MAX_CHANNELS = 32
 MAX_STOP_NUMBERS = 64  # numbers behind a stop reason (campaign_stopped)
 MAX_CONDITIONS_PER_PROPOSAL = 1000
+MAX_STOP_RULES = 64  # closeness entries in a campaign_status
 
 Role = Literal["pump", "spectrometer", "xrd", "agent", "monitor"]
 
@@ -85,7 +91,7 @@ class _Message(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    v: Literal[1] = SCHEMA_VERSION
+    v: Literal[2] = SCHEMA_VERSION
     msg_id: Id
     source: Name
     seq: Count
@@ -305,6 +311,81 @@ class CampaignStopped(_Message):
     numbers: Annotated[dict[Name, Finite], Field(max_length=MAX_STOP_NUMBERS)] = {}
 
 
+class ConditionProgress(_Message):
+    """A replicate of the condition being measured was filed (accepted or rejected).
+
+    ``n_accepted`` replicates are used so far and ``n_rejected`` were turned
+    away (outliers and invalid spectra); the replicate rule completes the
+    condition at ``n_min`` used replicates at the earliest (once the median has
+    settled) and at ``n_max`` at the latest. ``median_loss`` is the running
+    median of the used ones; ``elapsed_s`` counts from the start of measuring.
+    """
+
+    kind: Literal["condition_progress"] = "condition_progress"
+    round: Annotated[int, Field(ge=0)]
+    condition: Id
+    n_accepted: Count
+    n_rejected: Count
+    n_min: Annotated[int, Field(ge=1, le=100_000)]
+    n_max: Annotated[int, Field(ge=1, le=100_000)]
+    median_loss: Finite | None = None
+    complete: bool = False
+    elapsed_s: NonNeg
+
+
+class ActiveCondition(BaseModel):
+    """A condition of the current round that is being set or measured."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    condition: Id
+    state: Literal["setting", "settling", "measuring"]
+    n_accepted: Count = 0
+    n_rejected: Count = 0
+
+
+class StopCloseness(BaseModel):
+    """How far one stop rule (or one all-of group) is from firing.
+
+    ``fraction`` is 0..1 and exactly 1 when the rule fires; ``numbers`` are its
+    inputs and thresholds (keys as in ``campaign_stopped``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    rule: Name
+    fraction: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+    numbers: Annotated[dict[Name, Finite], Field(max_length=MAX_STOP_NUMBERS)] = {}
+
+
+class CampaignStatus(_Message):
+    """A snapshot of the campaign for monitors: every ``status_interval_s`` and at
+    every round change.
+
+    ``round`` is the current round (1-based; 0 before the first proposal),
+    ``rounds_complete`` how many are done; ``conditions_done`` of
+    ``conditions_total`` conditions of the current round are complete or failed.
+    ``best_loss`` is the lowest median loss of any complete condition so far and
+    ``best_condition`` its id; ``box`` the search box per parameter now;
+    ``active`` the conditions being set or measured; ``stop`` how close each stop
+    rule is to firing (an all-of group is one entry); ``elapsed_s`` the campaign
+    time since start (None before it started).
+    """
+
+    kind: Literal["campaign_status"] = "campaign_status"
+    state: Literal["waiting", "running", "paused", "stopped"]
+    round: Annotated[int, Field(ge=0)]
+    rounds_complete: Annotated[int, Field(ge=0)]
+    conditions_done: Annotated[int, Field(ge=0)]
+    conditions_total: Annotated[int, Field(ge=0)]
+    best_loss: Finite | None = None
+    best_condition: OptName = ""
+    box: Annotated[dict[Name, tuple[Finite, Finite]], Field(max_length=MAX_CHANNELS)]
+    active: Annotated[list[ActiveCondition], Field(max_length=MAX_CONDITIONS_PER_PROPOSAL)] = []
+    stop: Annotated[list[StopCloseness], Field(max_length=MAX_STOP_RULES)] = []
+    elapsed_s: NonNeg | None = None
+
+
 Message = Annotated[
     Hello
     | Heartbeat
@@ -321,7 +402,9 @@ Message = Annotated[
     | ConditionComplete
     | RoundComplete
     | BoundaryExpanded
-    | CampaignStopped,
+    | CampaignStopped
+    | ConditionProgress
+    | CampaignStatus,
     Field(discriminator="kind"),
 ]
 
@@ -329,5 +412,13 @@ MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
 
 COMMAND_KINDS = frozenset({"setpoint", "safe_state", "acquire"})
 STATUS_KINDS = frozenset(
-    {"proposal", "condition_complete", "round_complete", "boundary_expanded", "campaign_stopped"}
+    {
+        "proposal",
+        "condition_complete",
+        "round_complete",
+        "boundary_expanded",
+        "campaign_stopped",
+        "condition_progress",
+        "campaign_status",
+    }
 )

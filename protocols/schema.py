@@ -31,9 +31,12 @@ from protocols.messages import (
     SCHEMA_VERSION,
     Acquire,
     AcquireAck,
+    ActiveCondition,
     BoundaryExpanded,
+    CampaignStatus,
     CampaignStopped,
     ConditionComplete,
+    ConditionProgress,
     Fault,
     FlowReadback,
     Heartbeat,
@@ -47,6 +50,7 @@ from protocols.messages import (
     Setpoint,
     SetpointAck,
     Spectrum,
+    StopCloseness,
 )
 
 __all__ = [
@@ -217,6 +221,50 @@ def example_messages() -> dict[str, Message]:
             best_loss=0.071,
             best_condition="r03-c11",
             numbers={"rounds": 3, "max_rounds": 3},
+            **agent,
+        ),
+        ConditionProgress(
+            msg_id="s6",
+            seq=5,
+            round=2,
+            condition="r02-c04",
+            n_accepted=6,
+            n_rejected=1,
+            n_min=5,
+            n_max=48,
+            median_loss=0.142,
+            elapsed_s=3.5,
+            **agent,
+        ),
+        CampaignStatus(
+            msg_id="s7",
+            seq=6,
+            state="running",
+            round=2,
+            rounds_complete=1,
+            conditions_done=3,
+            conditions_total=15,
+            best_loss=0.131,
+            best_condition="r02-c02",
+            box={
+                "q_agno3": (4.0, 28.0),
+                "q_pva": (10.0, 40.0),
+                "q_tsc": (4.0, 20.0),
+                "q_seed": (4.0, 20.0),
+                "q_tot": (200.0, 1000.0),
+            },
+            active=[
+                ActiveCondition(condition="r02-c04", state="measuring", n_accepted=6, n_rejected=1)
+            ],
+            stop=[
+                StopCloseness(
+                    rule="target_loss", fraction=0.41, numbers={"best_loss": 0.131, "target": 0.05}
+                ),
+                StopCloseness(
+                    rule="max_rounds", fraction=0.083, numbers={"rounds": 1, "max_rounds": 12}
+                ),
+            ],
+            elapsed_s=412.0,
             **agent,
         ),
     ]

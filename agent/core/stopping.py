@@ -38,6 +38,31 @@ Rules that read ``Progress.metrics`` never fire while their keys are absent
 'max_rounds'
 >>> rule(Progress(rounds=1, conditions=15, best_loss=0.5)) is None
 True
+
+Each rule also says how close it is to firing, for monitors: ``rule.closeness(progress)``
+is a :class:`Closeness` (a fraction in 0..1, exactly 1 when the rule fires, and
+the numbers behind it); :func:`closeness` lists them for a whole rule tree (an
+:class:`AnyOf` lists each member, an :class:`AllOf` is one entry at the least
+advanced of its members). The fractions are a progress gauge, not a forecast:
+
+===================  ==========================================================
+``max_rounds``       ``rounds / n``
+``max_conditions``   ``conditions / n``
+``wall_time``        ``elapsed_s / seconds`` (0 without a clock)
+``target_loss``      ``(b_1 - best) / (b_1 - level)``, ``b_1`` the best after round 1
+``no_improvement``   ``min(1, K / (window + 1)) * min(1, min_delta / improvement)``,
+                     the improvement over the last ``window`` rounds (or all so far)
+``regret_bound``     ``threshold / bound``
+``model_accuracy``   ``model_cosine / cosine`` and ``mse / model_mse``, the smaller
+``model_stability``  ``model_stability / level``
+===================  ==========================================================
+
+(each clipped to 0..1, and below 1 until the rule fires; 0 while an input is absent).
+
+>>> [c.rule for c in closeness(rule, Progress(rounds=1, conditions=15, best_loss=0.5))]
+['max_rounds', 'target_loss']
+>>> closeness(rule, Progress(rounds=1, conditions=15, best_loss=0.5))[0].fraction
+0.3333333333333333
 """
 
 from __future__ import annotations
@@ -50,6 +75,7 @@ from typing import Protocol, runtime_checkable
 __all__ = [
     "AllOf",
     "AnyOf",
+    "Closeness",
     "MaxConditions",
     "MaxRounds",
     "ModelAccuracy",
@@ -61,6 +87,7 @@ __all__ = [
     "StopRule",
     "TargetLoss",
     "WallTime",
+    "closeness",
 ]
 
 
@@ -100,9 +127,29 @@ class StopReason:
     numbers: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Closeness:
+    """How far a rule is from firing: ``fraction`` in 0..1 (1: it fires), with the
+    numbers behind it (the rule's inputs and thresholds; absent inputs are left out)."""
+
+    rule: str
+    fraction: float
+    numbers: dict[str, float] = field(default_factory=dict)
+
+
 @runtime_checkable
 class StopRule(Protocol):
     def __call__(self, progress: Progress) -> StopReason | None: ...
+
+
+def closeness(rule: StopRule, progress: Progress) -> list[Closeness]:
+    """How close each rule of ``rule`` is to firing: one entry per member of an
+    :class:`AnyOf` (recursively), one for any other rule; a rule without a
+    ``closeness`` method (a user's own) is left out."""
+    if isinstance(rule, AnyOf):
+        return [c for member in rule.rules for c in closeness(member, progress)]
+    gauge = getattr(rule, "closeness", None)
+    return [gauge(progress)] if callable(gauge) else []
 
 
 @dataclass(frozen=True)
@@ -120,6 +167,15 @@ class MaxRounds:
             )
         return None
 
+    def closeness(self, progress: Progress) -> Closeness:
+        return _gauge(
+            self,
+            progress,
+            "max_rounds",
+            progress.rounds / self.n,
+            {"rounds": progress.rounds, "max_rounds": self.n},
+        )
+
 
 @dataclass(frozen=True)
 class MaxConditions:
@@ -135,6 +191,15 @@ class MaxConditions:
                 {"conditions": progress.conditions, "max_conditions": self.n},
             )
         return None
+
+    def closeness(self, progress: Progress) -> Closeness:
+        return _gauge(
+            self,
+            progress,
+            "max_conditions",
+            progress.conditions / self.n,
+            {"conditions": progress.conditions, "max_conditions": self.n},
+        )
 
 
 @dataclass(frozen=True)
@@ -160,6 +225,15 @@ class WallTime:
             )
         return None
 
+    def closeness(self, progress: Progress) -> Closeness:
+        elapsed = progress.elapsed_s
+        numbers = {"wall_time_s": self.seconds}
+        if elapsed is None:
+            return _gauge(self, progress, "wall_time", 0.0, numbers)
+        return _gauge(
+            self, progress, "wall_time", elapsed / self.seconds, {"elapsed_s": elapsed, **numbers}
+        )
+
 
 @dataclass(frozen=True)
 class TargetLoss:
@@ -175,6 +249,17 @@ class TargetLoss:
                 {"best_loss": progress.best_loss, "target": self.level},
             )
         return None
+
+    def closeness(self, progress: Progress) -> Closeness:
+        best = progress.best_loss
+        numbers = {"target": self.level}
+        if best is None:
+            return _gauge(self, progress, "target_loss", 0.0, numbers)
+        numbers["best_loss"] = best
+        first = progress.best_by_round[0] if progress.best_by_round else best
+        span = first - self.level
+        fraction = (first - best) / span if span > 0 else 1.0
+        return _gauge(self, progress, "target_loss", fraction, numbers)
 
 
 @dataclass(frozen=True)
@@ -220,6 +305,25 @@ class NoImprovement:
                 "best_loss": now,
             },
         )
+
+    def closeness(self, progress: Progress) -> Closeness:
+        history = progress.best_by_round
+        numbers: dict[str, float] = {
+            "rounds": len(history),
+            "window": self.window,
+            "min_delta": self.min_delta,
+        }
+        if len(history) < 2:
+            return _gauge(self, progress, "no_improvement", 0.0, numbers)
+        before = history[max(0, len(history) - 1 - self.window)]
+        improvement = before - history[-1]
+        numbers["improvement"] = improvement
+        ready = min(1.0, len(history) / (self.window + 1))
+        if improvement <= self.min_delta:
+            stalled = 1.0
+        else:
+            stalled = self.min_delta / improvement
+        return _gauge(self, progress, "no_improvement", ready * stalled, numbers)
 
 
 @dataclass(frozen=True)
@@ -288,6 +392,25 @@ class RegretBound:
             numbers,
         )
 
+    def closeness(self, progress: Progress) -> Closeness:
+        ucb = _metric(progress, "ucb_min_measured")
+        lcb = _metric(progress, "lcb_min_pool")
+        numbers: dict[str, float] = {}
+        threshold = self.level
+        if threshold is None and progress.replicate_sd is not None:
+            if math.isfinite(progress.replicate_sd):
+                threshold = self.scale * progress.replicate_sd
+        if threshold is None and (noise := _metric(progress, "gp_noise_sd")) is not None:
+            threshold = self.scale * noise
+        if threshold is not None:
+            numbers["threshold"] = threshold
+        if ucb is None or lcb is None or threshold is None:
+            return _gauge(self, progress, "regret_bound", 0.0, numbers)
+        bound = ucb - lcb
+        numbers["regret_bound"] = bound
+        fraction = threshold / bound if bound > 0 else 1.0
+        return _gauge(self, progress, "regret_bound", fraction, numbers)
+
 
 @dataclass(frozen=True)
 class ModelAccuracy:
@@ -323,6 +446,23 @@ class ModelAccuracy:
             parts.append(f"mse {mse:.3g} <= {self.mse:.3g}")
         return StopReason("model_accuracy", "spectrum model accurate: " + ", ".join(parts), numbers)
 
+    def closeness(self, progress: Progress) -> Closeness:
+        numbers: dict[str, float] = {}
+        parts: list[float] = []
+        if self.cosine is not None:
+            numbers["min_cosine"] = self.cosine
+            cos = _metric(progress, "model_cosine")
+            if cos is not None:
+                numbers["model_cosine"] = cos
+            parts.append(0.0 if cos is None else cos / self.cosine)
+        if self.mse is not None:
+            numbers["max_mse"] = self.mse
+            mse = _metric(progress, "model_mse")
+            if mse is not None:
+                numbers["model_mse"] = mse
+            parts.append(0.0 if mse is None else (self.mse / mse if mse > 0 else 1.0))
+        return _gauge(self, progress, "model_accuracy", min(parts), numbers)
+
 
 @dataclass(frozen=True)
 class ModelStability:
@@ -343,6 +483,14 @@ class ModelStability:
             f"consecutive spectrum models agree: stability {value:.4f} >= {self.level:.4f}",
             {"model_stability": value, "min_stability": self.level},
         )
+
+    def closeness(self, progress: Progress) -> Closeness:
+        value = _metric(progress, "model_stability")
+        numbers = {"min_stability": self.level}
+        if value is None:
+            return _gauge(self, progress, "model_stability", 0.0, numbers)
+        numbers["model_stability"] = value
+        return _gauge(self, progress, "model_stability", value / self.level, numbers)
 
 
 @dataclass(frozen=True)
@@ -387,6 +535,24 @@ class AllOf:
             numbers,
         )
 
+    def closeness(self, progress: Progress) -> Closeness:
+        """One entry, ``all_of.<member>...``, at the least advanced member's fraction;
+        numbers keyed ``<member>.<key>``. A member that is itself an :class:`AnyOf`
+        counts at its most advanced member."""
+        names: list[str] = []
+        fractions: list[float] = []
+        numbers: dict[str, float] = {}
+        for member in self.rules:
+            entries = closeness(member, progress)
+            if not entries:
+                continue
+            best = max(entries, key=lambda c: c.fraction)
+            names.append(best.rule)
+            fractions.append(best.fraction)
+            numbers.update({f"{best.rule}.{k}": v for k, v in best.numbers.items()})
+        fraction = min(fractions) if fractions else 0.0
+        return _gauge(self, progress, "all_of." + ".".join(names), fraction, numbers)
+
 
 def _metric(progress: Progress, key: str) -> float | None:
     """``progress.metrics[key]`` as a finite float, else None."""
@@ -398,3 +564,21 @@ def _metric(progress: Progress, key: str) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
+
+
+# Below 1 until the rule fires, so that a gauge at 1 always means "fires now".
+_NOT_YET = 0.999
+
+
+def _gauge(
+    rule: StopRule, progress: Progress, name: str, fraction: float, numbers: dict[str, float]
+) -> Closeness:
+    """A :class:`Closeness` with ``fraction`` clipped to 0..1: exactly 1 when ``rule``
+    fires on ``progress``, at most :data:`_NOT_YET` otherwise."""
+    if rule(progress) is not None:
+        fraction = 1.0
+    elif not math.isfinite(fraction):
+        fraction = 0.0
+    else:
+        fraction = min(max(fraction, 0.0), _NOT_YET)
+    return Closeness(name, float(fraction), {k: float(v) for k, v in numbers.items()})

@@ -25,7 +25,7 @@ def sdl_agent(*args: str, env: dict | None = None) -> subprocess.CompletedProces
 def test_help_lists_every_command():
     out = sdl_agent("--help")
     assert out.returncode == 0
-    for word in ("run", "demo", "driver", "validate", "schema", "SDL_AGENT_"):
+    for word in ("run", "monitor", "demo", "driver", "validate", "schema", "SDL_AGENT_"):
         assert word in out.stdout
 
 

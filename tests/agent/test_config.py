@@ -58,6 +58,7 @@ def test_env_overrides_file_and_set_overrides_env():
         ({"campaign.surprise": "1"}, "campaign.surprise"),
         ({"objective.target": '"missing.csv"'}, "cannot read target spectrum"),
         ({"objective.wl_stop": "300"}, "wl_stop must exceed wl_start"),
+        ({"bus.status_interval_s": "0"}, "bus.status_interval_s"),
     ],
 )
 def test_invalid_values_are_refused_with_where_and_why(override, expect):

@@ -10,6 +10,7 @@ from agent.core.campaign import Campaign, Result
 from agent.core.stopping import (
     AllOf,
     AnyOf,
+    Closeness,
     MaxConditions,
     MaxRounds,
     ModelAccuracy,
@@ -20,6 +21,7 @@ from agent.core.stopping import (
     StopRule,
     TargetLoss,
     WallTime,
+    closeness,
 )
 from agent.core.strategies.bo import LocalPenalizationEI
 from agent.core.testing import toy_settings
@@ -227,6 +229,98 @@ def test_any_of_all_of_nest():
     rule = AnyOf((MaxRounds(10), AllOf((NoImprovement(1), TargetLoss(0.3)))))
     assert rule(after((0.5, 0.5))) is None  # stalled, but not good enough
     assert rule(after((0.5, 0.3, 0.3))).rule == "all_of.no_improvement.target_loss"
+
+
+# --- closeness: how far each rule is from firing ---------------------------------------
+
+
+@pytest.mark.parametrize(("rule", "before", "at", "numbers"), CASES, ids=lambda v: str(v)[:40])
+def test_closeness_is_below_one_until_the_rule_fires_and_one_when_it_does(
+    rule, before, at, numbers
+):
+    gauge = rule.closeness(before)
+    assert isinstance(gauge, Closeness)
+    assert 0.0 <= gauge.fraction < 1.0
+    assert gauge.rule == rule(at).rule  # the same name as the reason it will give
+    assert rule.closeness(at).fraction == 1.0
+    assert all(math.isfinite(v) for v in gauge.numbers.values())
+
+
+@pytest.mark.parametrize(
+    ("rule", "progress", "fraction", "numbers"),
+    [
+        (MaxRounds(4), after((0.5,)), 0.25, {"rounds": 1, "max_rounds": 4}),
+        (MaxConditions(60), Progress(1, 15, 0.5), 0.25, {"conditions": 15, "max_conditions": 60}),
+        (WallTime(100.0), after((0.5,), elapsed_s=40.0), 0.4, {"elapsed_s": 40.0}),
+        (WallTime(100.0), after((0.5,)), 0.0, {"wall_time_s": 100.0}),  # no clock
+        # halfway from round 1's best (0.5) to the target (0.1)
+        (TargetLoss(0.1), after((0.5, 0.3)), 0.5, {"best_loss": 0.3, "target": 0.1}),
+        (TargetLoss(0.1), Progress(0, 0, None), 0.0, {"target": 0.1}),
+        # 2 of the 3 rounds it needs; improved 0.2 over them where 0.01 would stall: 2/3 * 0.05
+        (NoImprovement(2, 0.01), after((0.5, 0.3)), 2 / 3 * 0.05, {"improvement": 0.2}),
+        # enough rounds, improvement 0.02 against min_delta 0.01
+        (NoImprovement(2, 0.01), after((0.5, 0.32, 0.31, 0.30)), 0.5, {"improvement": 0.02}),
+        (
+            NoImprovement(1),
+            after((0.5, 0.4, 0.3)),
+            0.0,
+            {"window": 1},
+        ),  # min_delta 0: all or nothing
+        # bound 0.04 against the replicate noise 0.02
+        (
+            RegretBound(),
+            after((0.5,), metrics={**REGRET, "ucb_min_measured": 0.24}, replicate_sd=0.02),
+            0.5,
+            {"regret_bound": 0.04, "threshold": 0.02},
+        ),
+        (RegretBound(), after((0.5,)), 0.0, {}),  # a Latin-hypercube round: no numbers
+        (
+            ModelAccuracy(cosine=0.8, mse=0.01),
+            after((0.5,), metrics={"model_cosine": 0.6, "model_mse": 0.04}),
+            0.25,  # the mse is the further of the two
+            {"model_cosine": 0.6, "model_mse": 0.04},
+        ),
+        (ModelStability(0.9), after((0.5,), metrics={"model_stability": 0.45}), 0.5, {}),
+        (ModelStability(0.9), after((0.5,)), 0.0, {"min_stability": 0.9}),
+    ],
+)
+def test_closeness_of_each_rule_on_planted_progress(rule, progress, fraction, numbers):
+    gauge = rule.closeness(progress)
+    assert gauge.fraction == pytest.approx(fraction)
+    for key, value in numbers.items():
+        assert gauge.numbers[key] == pytest.approx(value), key
+
+
+def test_closeness_lists_any_of_members_and_gauges_all_of_at_its_least_advanced_member():
+    rule = AnyOf(
+        (
+            TargetLoss(0.1),
+            AllOf((ModelStability(0.9), NoImprovement(2, min_delta=0.01))),
+            MaxRounds(5),
+        )
+    )
+    progress = after((0.5, 0.32, 0.31, 0.30), metrics={"model_stability": 0.81})
+    gauges = closeness(rule, progress)
+    assert [g.rule for g in gauges] == [
+        "target_loss",
+        "all_of.model_stability.no_improvement",
+        "max_rounds",
+    ]
+    group = gauges[1]
+    assert group.fraction == pytest.approx(0.5)  # no_improvement at 0.5, stability at 0.9
+    assert group.numbers["model_stability.model_stability"] == pytest.approx(0.81)
+    assert group.numbers["no_improvement.improvement"] == pytest.approx(0.02)
+    assert gauges[2].fraction == pytest.approx(0.8)
+    assert closeness(MaxRounds(4), progress)[0].fraction == 1.0  # 4 of 4 rounds: fires
+    fired = after((0.5, 0.305, 0.3, 0.3), metrics={"model_stability": 0.95})
+    assert closeness(rule, fired)[1].fraction == 1.0
+
+
+def test_closeness_leaves_out_a_rule_that_cannot_say():
+    def my_rule(progress: Progress):
+        return None
+
+    assert closeness(AnyOf((my_rule, MaxRounds(2))), after((0.5,)))[0].rule == "max_rounds"
 
 
 # --- in an ask/tell campaign -----------------------------------------------------------

@@ -93,7 +93,7 @@ async def test_bad_input_is_rejected_and_the_driver_keeps_serving(
         [b"only one frame"],  # malformed
         [b"heartbeat.agent", b"x", b"three frames"],  # malformed
         [b"explode.agent", json.dumps({**heartbeat, "kind": "explode"}).encode()],  # unknown
-        [b"heartbeat.agent", json.dumps({**heartbeat, "v": 2}).encode()],  # version
+        [b"heartbeat.agent", json.dumps({**heartbeat, "v": 99}).encode()],  # version
         [b"h" * 600_000, b"z" * 600_000],  # oversized: each frame fits, together they do not
         [b"heartbeat.other", json.dumps(heartbeat).encode()],  # topic mismatch
     ]

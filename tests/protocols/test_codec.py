@@ -23,7 +23,7 @@ from protocols.errors import (
     UnsupportedVersion,
     WrongArrayLength,
 )
-from protocols.messages import MAX_SPECTRUM_POINTS, MESSAGE_ADAPTER, Spectrum
+from protocols.messages import MAX_SPECTRUM_POINTS, MESSAGE_ADAPTER, SCHEMA_VERSION, Spectrum
 from protocols.schema import example_messages
 
 #: examples per hypothesis property; raise it for a long fuzzing session
@@ -68,7 +68,7 @@ def test_encode_gives_topic_and_json_body(kind: str) -> None:
     assert topic == f"{kind}.{msg.source}".encode("ascii")
     data = json.loads(body)
     assert data["kind"] == kind
-    assert data["v"] == 1
+    assert data["v"] == SCHEMA_VERSION == 2
     assert decode([topic, body]) == msg
 
 
@@ -113,24 +113,24 @@ def test_unknown_kind(kind: object) -> None:
     reject(body_of("heartbeat", kind=kind), UnknownKind, "unknown message kind", repr(kind))
 
 
-@pytest.mark.parametrize("version", [0, 2, 99, "1", None, 1.5])
+@pytest.mark.parametrize("version", [0, 1, 3, 99, "2", None, 2.5])
 def test_wrong_version(version: object) -> None:
     reject(
         body_of("heartbeat", v=version),
         UnsupportedVersion,
         f"schema version {version!r} is not supported",
-        "speaks 1",
+        "speaks 2",
     )
 
 
 def test_wrong_version_wins_over_unknown_kind_and_extra_fields() -> None:
-    # a message of a later schema may carry kinds and fields this side never heard of
-    reject(body_of("heartbeat", v=2, kind="calibrate"), UnsupportedVersion, "version 2")
-    reject(body_of("heartbeat", v=2, colour="blue"), UnsupportedVersion, "version 2")
+    # a message of another schema may carry kinds and fields this side never heard of
+    reject(body_of("heartbeat", v=3, kind="calibrate"), UnsupportedVersion, "version 3")
+    reject(body_of("heartbeat", v=1, colour="blue"), UnsupportedVersion, "version 1")
     data = EXAMPLES["heartbeat"].model_dump(mode="json")
     del data["kind"]
-    data["v"] = 3
-    reject([b"heartbeat.pump", json.dumps(data).encode()], UnsupportedVersion, "version 3")
+    data["v"] = 4
+    reject([b"heartbeat.pump", json.dumps(data).encode()], UnsupportedVersion, "version 4")
 
 
 def test_a_channel_called_v_is_not_the_version() -> None:

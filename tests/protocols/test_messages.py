@@ -125,7 +125,7 @@ def test_new_id_is_a_valid_unique_id() -> None:
 LONG = "x" * 65
 REJECTED: list[tuple[str, str, dict[str, Any]]] = [
     # envelope
-    ("version 2", "heartbeat", patched("heartbeat", v=2)),
+    ("version 1", "heartbeat", patched("heartbeat", v=1)),
     ("version 0", "heartbeat", patched("heartbeat", v=0)),
     ("negative seq", "heartbeat", patched("heartbeat", seq=-1)),
     ("seq past 2**53", "heartbeat", patched("heartbeat", seq=2**53 + 1)),
