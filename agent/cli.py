@@ -1,7 +1,8 @@
 """``sdl-agent``: the command line.
 
 Subcommands: ``run`` a campaign beside real or simulated drivers (journalled,
-resumable), ``export`` a journal as CSV, ``demo`` a whole simulated lab, start
+resumable), ``export`` a journal as CSV, ``report`` it as plots and one HTML
+page, ``demo`` a whole simulated lab, start
 a simulated ``driver``, ``validate`` a campaign file, write the wire ``schema``.
 """
 
@@ -21,6 +22,7 @@ examples:
   sdl-agent run examples/agnp.toml --set stop.max_rounds=8
   sdl-agent run examples/agnp.toml --resume        # carry on from runs/journal.sqlite
   sdl-agent export runs/journal.sqlite --csv out/  # conditions.csv, replicates.csv
+  sdl-agent report runs/journal.sqlite --out report/  # PNG plots + report/index.html
   sdl-agent driver pump --connect tcp://127.0.0.1:5560
   sdl-agent validate examples/agnp.toml
   sdl-agent schema --out docs/schemas
@@ -98,6 +100,26 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("journal", type=Path, help="the journal (SQLite)")
     export.add_argument("--csv", type=Path, required=True, metavar="OUTDIR")
     export.set_defaults(func=_export)
+
+    report = sub.add_parser(
+        "report",
+        help="write a journal's plots (PNG) and one self-contained HTML page",
+        description="Read a campaign journal (never written to; a running campaign may go on "
+        "writing it) and write into OUTDIR: best_loss.png (best median loss against conditions "
+        "measured, by strategy), spectra.png (median spectra of the best conditions against "
+        "the target), parameters.png (each parameter against condition, inside the search box "
+        "and its widenings), replicates.png (replicate losses per condition, outliers, median), "
+        "importance.png (input importance, when the strategy reported it) and index.html, "
+        "which embeds them all with a summary table (one file to mail). docs/report.md says "
+        "how to read them.",
+        epilog="exit status: 0 written; 2 the journal is missing, corrupt or not a journal; "
+        "1 OUTDIR cannot be written.",
+    )
+    report.add_argument("journal", type=Path, help="the journal (SQLite), e.g. runs/journal.sqlite")
+    report.add_argument(
+        "--out", type=Path, required=True, metavar="OUTDIR", help="directory to write into"
+    )
+    report.set_defaults(func=_report)
 
     demo = sub.add_parser(
         "demo",
@@ -227,6 +249,22 @@ def _export(args: argparse.Namespace) -> int:
         print(f"sdl-agent: {exc}", file=sys.stderr)
         return 2
     print("wrote " + " and ".join(str(p) for p in paths))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from agent.journal import JournalRefused
+    from agent.report import write_report
+
+    try:
+        files = write_report(args.journal, args.out)
+    except JournalRefused as exc:
+        print(f"sdl-agent: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"sdl-agent: cannot write the report into {args.out}: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {files.index} ({', '.join(p.name for p in files.images)} beside it)")
     return 0
 
 
