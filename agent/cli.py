@@ -33,6 +33,25 @@ environment:
 """
 
 
+_REPORT_HELP = """\
+Read a campaign journal and write into OUTDIR:
+
+  best_loss.png    best median loss so far against conditions measured, by strategy
+  spectra.png      median spectra of the best conditions against the target
+  parameters.png   each parameter per condition, inside the search box and its widenings
+  replicates.png   each condition's replicate losses: used, outliers, the median
+  importance.png   input importance, only when the strategy reported it
+  index.html       a summary table (best condition, recipe, stop rule, widenings) and
+                   every plot embedded: one self-contained file to mail
+
+The journal is opened read-only: never written to nor migrated, and a campaign
+still running may go on writing it. How to read the plots: docs/report.md.
+
+exit status: 0 written; 2 the journal is missing, corrupt or not a journal;
+1 OUTDIR cannot be written.
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "driver":
@@ -104,16 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser(
         "report",
         help="write a journal's plots (PNG) and one self-contained HTML page",
-        description="Read a campaign journal (never written to; a running campaign may go on "
-        "writing it) and write into OUTDIR: best_loss.png (best median loss against conditions "
-        "measured, by strategy), spectra.png (median spectra of the best conditions against "
-        "the target), parameters.png (each parameter against condition, inside the search box "
-        "and its widenings), replicates.png (replicate losses per condition, outliers, median), "
-        "importance.png (input importance, when the strategy reported it) and index.html, "
-        "which embeds them all with a summary table (one file to mail). docs/report.md says "
-        "how to read them.",
-        epilog="exit status: 0 written; 2 the journal is missing, corrupt or not a journal; "
-        "1 OUTDIR cannot be written.",
+        description=_REPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     report.add_argument("journal", type=Path, help="the journal (SQLite), e.g. runs/journal.sqlite")
     report.add_argument(
@@ -125,7 +136,8 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="run a simulated lab: three driver processes and the agent",
         description="Start the simulated pump, spectrometer and XRD as separate processes on "
-        "loopback TCP, run the campaign, write a CSV of conditions and print a summary.",
+        "loopback TCP, run the campaign, write a CSV of conditions, print a summary and end by "
+        "writing the report (OUT/report/index.html and its PNGs; see sdl-agent report --help).",
     )
     demo.add_argument(
         "--campaign",
