@@ -241,6 +241,9 @@ def render_html(record: CampaignRecord, figures: list[Plot]) -> str:
         )
     parts.append("<h2>Summary</h2>")
     parts.append(_table(_summary_rows(record)))
+    if record.conditions:
+        parts.append("<h2>Rounds</h2>")
+        parts.append(_table(_round_rows(record), header=True))
     if record.widenings:
         parts.append("<h2>Box widenings</h2>")
         rows = [["after round", "parameter", "face", "old", "new", "why"]]
@@ -337,6 +340,29 @@ def _summary_rows(r: CampaignRecord) -> list[list[str]]:
         )
     widened = _widened(r)
     rows.append(["box widened", "; ".join(widened) if widened else "no"])
+    return rows
+
+
+def _round_rows(r: CampaignRecord) -> list[list[str]]:
+    rows = [["round", "strategy", "complete", "failed", "best in round", "best so far"]]
+    so_far = math.inf
+    for rnd in sorted({c.round for c in r.conditions}):
+        conds = [c for c in r.conditions if c.round == rnd]
+        losses = [
+            c.median_loss for c in conds if c.status == "complete" and c.median_loss is not None
+        ]
+        best = min(losses, default=math.inf)
+        so_far = min(so_far, best)
+        rows.append(
+            [
+                str(rnd),
+                ", ".join(dict.fromkeys(c.strategy for c in conds)),
+                str(sum(c.status == "complete" for c in conds)),
+                str(sum(c.status == "failed" for c in conds)),
+                f"{best:.4f}" if math.isfinite(best) else "",
+                f"{so_far:.4f}" if math.isfinite(so_far) else "",
+            ]
+        )
     return rows
 
 

@@ -108,6 +108,8 @@ def test_report_writes_pngs_and_one_html_page_that_embeds_them(journal, tmp_path
     )
     assert f"<td>{best_cid} (round " in page and f"<td>{best_loss:.4f}" in page
     assert "max_rounds" in page and "15 proposed: 15 complete" in page
+    assert "<td>3</td><td>lhs</td><td>5</td><td>0</td>" in page  # the rounds table
+    assert f"<td>{best_loss:.4f}</td></tr>" in page  # best so far, last round
     assert "Input importance</h2>\n<p>Not available" in page
     assert "Not in this journal" not in page
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before  # read, never written
