@@ -254,7 +254,9 @@ class Journal:
         ``read_only`` (export, report) opens it through SQLite's ``mode=ro``: the
         file is never written nor migrated, a running campaign may go on
         writing meanwhile, and :meth:`commit` fails. (SQLite may leave an empty
-        ``-wal``/``-shm`` beside the file, which the next writer reuses.)
+        ``-wal``/``-shm`` beside the file, which the next writer reuses; in a
+        directory this process cannot write, a journal with no ``-wal`` is read
+        as immutable.)
 
         Raises:
             JournalRefused: no such file, not a journal, corrupt, another schema
@@ -266,6 +268,10 @@ class Journal:
         try:  # validate before any pragma that would write to the file
             if read_only:
                 uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+                if not os.access(path.parent, os.W_OK) and not _wal(path).exists():
+                    # SQLite cannot create the -shm it reads a WAL file with; with no -wal
+                    # there is no writer and nothing un-checkpointed: read the file as it is
+                    uri += "&immutable=1"
                 conn = sqlite3.connect(uri, uri=True, isolation_level=None)
             else:
                 conn = sqlite3.connect(path, isolation_level=None)
@@ -653,6 +659,10 @@ class Journal:
 
 
 # --- helpers ---------------------------------------------------------------------
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
 
 
 def _fsync(path: Path) -> None:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +33,23 @@ ROOT = Path(__file__).resolve().parents[2]
 PLOTS = ("best_loss.png", "spectra.png", "parameters.png", "replicates.png")
 
 
-def sdl_agent(*args: str) -> subprocess.CompletedProcess[str]:
+def sdl_agent(
+    *args: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())", *args],
+        [
+            *prefix,
+            sys.executable,
+            "-c",
+            "import sys; from agent.cli import main; sys.exit(main())",
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
         cwd=ROOT,
+        env=env,
     )
 
 
@@ -170,6 +182,48 @@ def test_a_missing_or_corrupt_journal_is_refused_with_exit_2(tmp_path, make, say
     assert says in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()
     assert (path.read_bytes() if path.exists() else None) == before
+
+
+def test_a_campaign_still_writing_its_journal_can_be_reported_and_goes_on(tmp_path):
+    path = tmp_path / "live.sqlite"
+    campaign = Campaign(toy_settings(rounds=1, batch_size=3), seed=1)
+    args = dict(campaign_id="toy", config_hash="h" * 64, seed=1, parameters=["a", "b"])
+    with Journal.create(path, **args, extra_meta=toy_meta()) as writer:
+        JournalledLab(campaign, writer).run()  # committed to the WAL, the writer still open
+        assert Path(f"{path}-wal").stat().st_size > 0
+        proc = sdl_agent("report", str(path), "--out", str(tmp_path / "r"))
+        assert proc.returncode == 0, proc.stderr
+        assert "3 proposed: 3 complete" in (tmp_path / "r" / "index.html").read_text()
+        writer.note(1.0, "after_the_report", {})  # the writer is not blocked
+    with Journal.open(path, read_only=True) as j:
+        assert any(k == "after_the_report" for (k,) in j.query("SELECT kind FROM events"))
+
+
+def test_a_journal_in_a_directory_the_reader_cannot_write_is_still_read(journal):
+    """E.g. the lab's journal read by another user, or an archive on read-only media."""
+    prefix: tuple[str, ...] = ()
+    if os.geteuid() == 0:  # root writes anywhere: read as nobody instead
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv to drop privileges")
+        prefix = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+    base = Path(tempfile.mkdtemp())  # pytest's tmp_path is private to its owner
+    try:
+        base.chmod(0o755)
+        (base / "archive").mkdir()
+        shutil.copyfile(journal[0], base / "archive" / "journal.sqlite")
+        (base / "archive").chmod(0o555)
+        (base / "out").mkdir(mode=0o777)
+        (base / "out").chmod(0o777)
+        proc = sdl_agent(
+            "report", str(base / "archive" / "journal.sqlite"), "--out", str(base / "out" / "r"),
+            prefix=prefix, env={**os.environ, "MPLCONFIGDIR": str(base / "out" / "mpl")},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert "15 proposed: 15 complete" in (base / "out" / "r" / "index.html").read_text()
+        assert sorted(p.name for p in (base / "archive").iterdir()) == ["journal.sqlite"]
+    finally:
+        (base / "archive").chmod(0o755)
+        shutil.rmtree(base)
 
 
 def test_a_read_only_journal_refuses_writes(journal):
