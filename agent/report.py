@@ -120,7 +120,7 @@ class CampaignRecord:
     stop: StopRecord | None
     target: Target | None
     wavelengths: np.ndarray | None
-    importance: tuple[int, dict[str, float]] | None
+    importance: tuple[int | None, dict[str, dict[str, float]]] | None
     rounds_proposed: int
     rounds_complete: int
     replicates_received: int
@@ -519,11 +519,7 @@ def _read(j: Journal, path: Path) -> CampaignRecord:
             b.get("conditions"),
         )
 
-    importance = None
-    for rnd, notes in j.query("SELECT round, notes FROM rounds ORDER BY round"):
-        found = _importance(json.loads(notes), names)
-        if found is not None:
-            importance = (int(rnd), found)
+    importance = _latest_importance(j, names)
 
     received = j.count("replicates")
     refused = {
@@ -612,9 +608,34 @@ def _boxes(
     return boxes
 
 
-def _importance(notes: Any, names: list[str]) -> dict[str, float] | None:
-    """``importance`` (or ``input_importance``) of a round's notes, at the top level or
-    under ``metrics``: a mapping parameter -> finite number, or a list in parameter order."""
+def _latest_importance(
+    j: Journal, names: list[str]
+) -> tuple[int | None, dict[str, dict[str, float]]] | None:
+    """The last input importance the journal holds: in a round's notes, or in a note
+    event ``input_importance`` / ``importance`` (with its round)."""
+    found: list[tuple[int, int | None, dict[str, dict[str, float]]]] = []
+    for seq, rnd, notes in j.query("SELECT seq, round, notes FROM rounds"):
+        imp = _importance(json.loads(notes), names)
+        if imp is not None:
+            found.append((int(seq), int(rnd), imp))
+    for seq, rnd, body in j.query(
+        "SELECT seq, round, body FROM events WHERE what = 'note' "
+        "AND kind IN ('input_importance', 'importance')"
+    ):
+        b = json.loads(body)
+        imp = _importance(b, names) or _outputs(b, names)
+        if imp is not None:
+            found.append((int(seq), None if rnd is None else int(rnd), imp))
+    if not found:
+        return None
+    _, rnd, imp = max(found, key=lambda f: f[0])
+    return rnd, imp
+
+
+def _importance(notes: Any, names: list[str]) -> dict[str, dict[str, float]] | None:
+    """``importance`` (or ``input_importance``) in ``notes``, at the top level or under
+    ``metrics``: a mapping parameter -> number, a list in parameter order, or a mapping
+    output (e.g. ``loss``, ``peak_nm``) -> either of those."""
     if not isinstance(notes, dict):
         return None
     for holder in (notes, notes.get("metrics")):
@@ -622,14 +643,30 @@ def _importance(notes: Any, names: list[str]) -> dict[str, float] | None:
             continue
         for key in ("importance", "input_importance"):
             value = holder.get(key)
-            if isinstance(value, list) and len(value) == len(names):
-                value = dict(zip(names, value, strict=True))
-            if isinstance(value, dict) and value:
-                clean = {
-                    str(k): float(v)
-                    for k, v in value.items()
-                    if isinstance(v, int | float) and math.isfinite(v)
-                }
-                if clean:
-                    return clean
+            flat = _by_name(value, names)
+            if flat is not None:
+                return {"importance": flat}
+            nested = _outputs(value, names)
+            if nested is not None:
+                return nested
     return None
+
+
+def _outputs(value: Any, names: list[str]) -> dict[str, dict[str, float]] | None:
+    if not isinstance(value, dict):
+        return None
+    out = {str(k): v for k, v in ((k, _by_name(v, names)) for k, v in value.items()) if v}
+    return out or None
+
+
+def _by_name(value: Any, names: list[str]) -> dict[str, float] | None:
+    if isinstance(value, list) and len(value) == len(names):
+        value = dict(zip(names, value, strict=True))
+    if not isinstance(value, dict):
+        return None
+    clean = {
+        str(k): float(v)
+        for k, v in value.items()
+        if k in names and isinstance(v, int | float) and math.isfinite(v)
+    }
+    return clean or None

@@ -258,21 +258,25 @@ def plot_replicates(record: CampaignRecord) -> Plot:
 
 
 def plot_importance(record: CampaignRecord) -> Plot:
-    """Input importance as the strategy last reported it."""
+    """Input importance as a strategy last reported it: one panel per output."""
     assert record.importance is not None
-    rnd, imp = record.importance
-    fig = Figure(figsize=(8.0, 0.45 * len(imp) + 1.4), dpi=DPI, layout="constrained")
-    ax = fig.add_subplot()
-    order = sorted(imp, key=lambda k: imp[k])
-    ax.barh(order, [imp[k] for k in order], color="#3182bd")
-    ax.set_xlabel("importance (as the strategy reports it)")
-    ax.set_title(f"{record.campaign_id}: input importance, round {rnd}")
-    ax.grid(alpha=0.3, axis="x")
+    rnd, outputs = record.importance
+    n = max(len(v) for v in outputs.values())
+    fig = Figure(figsize=(8.0, 0.4 * n + 1.3), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(outputs), squeeze=False)[0]
+    for ax, (output, imp) in zip(axes, outputs.items(), strict=True):
+        order = sorted(imp, key=lambda k: imp[k])
+        ax.barh(order, [imp[k] for k in order], color="#3182bd")
+        ax.set_xlabel(output if output != "importance" else "importance")
+        ax.grid(alpha=0.3, axis="x")
+    when = f"round {rnd}" if rnd is not None else "last report"
+    fig.suptitle(f"{record.campaign_id}: input importance ({when})", fontsize=11)
     return _plot(
         fig,
         "importance.png",
         "Input importance",
-        f"How much each input moves the model's prediction, as reported with round {rnd}.",
+        f"How much each input moves the model's prediction ({when}), as the strategy "
+        "reported it; one panel per predicted output, in its units.",
     )
 
 

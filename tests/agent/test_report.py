@@ -68,9 +68,13 @@ def toy_meta() -> dict[str, str]:
 class ImportanceLHS(LatinHypercube):
     """A Latin hypercube that reports input importance, as the two-step strategy will."""
 
+    def __init__(self, importance: object) -> None:
+        super().__init__()
+        self.importance = importance
+
     def propose(self, space, data, n, rng) -> Batch:
         batch = super().propose(space, data, n, rng)
-        return Batch(batch.x, batch.strategy, {**batch.notes, "importance": {"a": 0.8, "b": 0.1}})
+        return Batch(batch.x, batch.strategy, {**batch.notes, "importance": self.importance})
 
 
 class JournalledLab(ToyLab):
@@ -153,15 +157,42 @@ def test_an_older_journal_without_target_or_config_still_gets_a_report(tmp_path)
     assert len(files.images) == len(PLOTS)
 
 
-def test_input_importance_is_plotted_when_a_strategy_reports_it(tmp_path):
+@pytest.mark.parametrize(
+    ("reported", "read"),
+    [
+        ({"a": 0.8, "b": 0.1}, {"importance": {"a": 0.8, "b": 0.1}}),
+        ([0.8, 0.1], {"importance": {"a": 0.8, "b": 0.1}}),
+        (
+            {"loss": {"a": 0.2, "b": 0.05}, "peak_nm": {"a": 30.0, "b": 4.0}},
+            {"loss": {"a": 0.2, "b": 0.05}, "peak_nm": {"a": 30.0, "b": 4.0}},
+        ),
+    ],
+    ids=["by-name", "in-order", "per-output"],
+)
+def test_input_importance_is_plotted_when_a_strategy_reports_it(tmp_path, reported, read):
     path = tmp_path / "j.sqlite"
-    write_journal(path, meta=toy_meta(), rounds=2, batch_size=3, strategy=ImportanceLHS())
+    strategy = ImportanceLHS(reported)
+    write_journal(path, meta=toy_meta(), rounds=2, batch_size=3, strategy=strategy)
     rec = read_campaign(path)
-    assert rec.importance == (2, {"a": 0.8, "b": 0.1})
+    assert rec.importance == (2, read)
     files = write_report(path, tmp_path / "r")
     assert (tmp_path / "r" / "importance.png") in files.images
     assert imread(tmp_path / "r" / "importance.png").shape[0] > 100
     assert "Input importance</h2>\n<figure>" in files.index.read_text(encoding="utf-8")
+
+
+def test_input_importance_journalled_as_a_note_is_found(tmp_path):
+    path = tmp_path / "j.sqlite"
+    write_journal(path, meta=toy_meta(), rounds=1, batch_size=3)
+    with Journal.open(path) as j:
+        j.note(9.0, "input_importance", {"loss": {"a": 0.3, "b": 0.1}, "peak_nm": [12.0, 2.0]})
+    out = tmp_path / "r"
+    write_report(path, out)
+    assert read_campaign(path).importance == (
+        None,
+        {"loss": {"a": 0.3, "b": 0.1}, "peak_nm": {"a": 12.0, "b": 2.0}},
+    )
+    assert imread(out / "importance.png").shape[1] >= 600
 
 
 @pytest.mark.parametrize(
