@@ -2,8 +2,9 @@
 
 Subcommands: ``run`` a campaign beside real or simulated drivers (journalled,
 resumable), ``monitor`` a running agent (read-only), ``export`` a journal as
-CSV, ``demo`` a whole simulated lab, start a simulated ``driver``, ``validate``
-a campaign file, write the wire ``schema``.
+CSV, ``report`` it as plots and one HTML page, ``demo`` a whole simulated lab,
+start a simulated ``driver``, ``validate`` a campaign file, write the wire
+``schema``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ examples:
   sdl-agent run examples/agnp.toml --resume        # carry on from runs/journal.sqlite
   sdl-agent monitor --connect lab-pc:5562          # watch it from anywhere (read-only)
   sdl-agent export runs/journal.sqlite --csv out/  # conditions.csv, replicates.csv
+  sdl-agent report runs/journal.sqlite --out report/  # PNG plots + report/index.html
   sdl-agent driver pump --connect tcp://127.0.0.1:5560
   sdl-agent validate examples/agnp.toml
   sdl-agent schema --out docs/schemas
@@ -30,6 +32,25 @@ examples:
 environment:
   SDL_AGENT_<SECTION>__<KEY>=value overrides the campaign file
   (e.g. SDL_AGENT_STOP__MAX_ROUNDS=5); --set overrides both.
+"""
+
+
+_REPORT_HELP = """\
+Read a campaign journal and write into OUTDIR:
+
+  best_loss.png    best median loss so far against conditions measured, by strategy
+  spectra.png      median spectra of the best conditions against the target
+  parameters.png   each parameter per condition, inside the search box and its widenings
+  replicates.png   each condition's replicate losses: used, outliers, the median
+  importance.png   input importance, only when the strategy reported it
+  index.html       a summary table (best condition, recipe, stop rule, widenings) and
+                   every plot embedded: one self-contained file to mail
+
+The journal is opened read-only: never written to nor migrated, and a campaign
+still running may go on writing it. How to read the plots: docs/report.md.
+
+exit status: 0 written; 2 the journal is missing, corrupt or not a journal;
+1 OUTDIR cannot be written.
 """
 
 
@@ -150,11 +171,24 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--csv", type=Path, required=True, metavar="OUTDIR")
     export.set_defaults(func=_export)
 
+    report = sub.add_parser(
+        "report",
+        help="write a journal's plots (PNG) and one self-contained HTML page",
+        description=_REPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument("journal", type=Path, help="the journal (SQLite), e.g. runs/journal.sqlite")
+    report.add_argument(
+        "--out", type=Path, required=True, metavar="OUTDIR", help="directory to write into"
+    )
+    report.set_defaults(func=_report)
+
     demo = sub.add_parser(
         "demo",
         help="run a simulated lab: three driver processes and the agent",
         description="Start the simulated pump, spectrometer and XRD as separate processes on "
-        "loopback TCP, run the campaign, write a CSV of conditions and print a summary.",
+        "loopback TCP, run the campaign, write a CSV of conditions, print a summary and end by "
+        "writing the report (OUT/report/index.html and its PNGs; see sdl-agent report --help).",
     )
     demo.add_argument(
         "--campaign",
@@ -300,6 +334,22 @@ def _export(args: argparse.Namespace) -> int:
         print(f"sdl-agent: {exc}", file=sys.stderr)
         return 2
     print("wrote " + " and ".join(str(p) for p in paths))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from agent.journal import JournalRefused
+    from agent.report import write_report
+
+    try:
+        files = write_report(args.journal, args.out)
+    except JournalRefused as exc:
+        print(f"sdl-agent: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"sdl-agent: cannot write the report into {args.out}: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {files.index} ({', '.join(p.name for p in files.images)} beside it)")
     return 0
 
 

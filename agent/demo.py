@@ -3,7 +3,8 @@
 Starts the simulated pump, spectrometer and XRD labeller as three separate
 processes (``python -m drivers ...``: the agent never imports a driver), runs
 the campaign in this process, writes ``conditions.csv`` and a fresh
-``journal.sqlite`` (the previous demo's is replaced) and prints a summary.
+``journal.sqlite`` (the previous demo's is replaced), prints a summary and
+ends by writing the report of that journal into ``report/``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import sys
 from pathlib import Path
 
 from agent.config import CampaignConfig, ConfigError
+from agent.journal import JournalRefused
 from agent.logs import configure_logging
+from agent.report import write_report
 from agent.session import run_campaign
 from protocols import messages as m
 
@@ -137,6 +140,12 @@ def run_demo(
     finally:
         stop_drivers(procs)
     print(outcome.summary())
+    try:
+        report = write_report(journal, out_dir / "report")
+    except (JournalRefused, OSError) as exc:
+        print(f"sdl-agent demo: no report: {exc}", file=sys.stderr)
+        return 1
+    print(f"  report: {report.index} (open it in a browser; PNGs beside it)")
     crashed = [r for r, p in procs.items() if p.returncode not in (0, -15)]
     if crashed:
         print(f"sdl-agent demo: drivers exited badly: {crashed}", file=sys.stderr)

@@ -43,7 +43,7 @@ def export_csv(path: Path | str, out_dir: Path | str) -> tuple[Path, Path]:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with Journal.open(path) as j:
+    with Journal.open(path, read_only=True) as j:
         names = json.loads(j.meta["parameters"])
         labels: dict[str, tuple[str, float]] = {}
         for cid, body in j.query(

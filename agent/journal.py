@@ -10,7 +10,8 @@ rebuild the campaign; :func:`agent.export.export_csv` writes it out as CSV.
 
 Tables (``docs/journal.md`` says what is written when):
 
-- ``meta``: schema version, campaign id, config hash, seed, parameter names.
+- ``meta``: schema version, campaign id, config hash, seed, parameter names; from
+  the run, the resolved campaign file (``config``) and the ``target`` spectrum.
 - ``rounds``: each accepted batch (recipes, strategy tags, notes, generator state).
 - ``conditions``: one row per proposed condition; its outcome when it finishes.
 - ``setpoints``: the first sending of each setpoint command (resends are not rows).
@@ -36,7 +37,8 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +78,14 @@ __all__ = [
     "JournalError",
     "JournalRefused",
     "config_hash",
+    "run_meta",
 ]
 
 SCHEMA_VERSION = 1
 _APPLICATION_ID = 0x53444C4A  # "SDLJ": PRAGMA application_id marks our files
+_OWN_META = frozenset(
+    {"schema_version", "campaign_id", "config_hash", "seed", "parameters", "created_at"}
+)
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -132,6 +138,21 @@ def config_hash(config: Any, seed: int) -> str:
     return h.hexdigest()
 
 
+def run_meta(config: Any) -> dict[str, str]:
+    """What a run stores in ``meta`` beside its own keys, so that a report or an
+    audit needs nothing but the journal: ``config``, the validated campaign file
+    with its overrides (JSON, without ``[bus]``), and ``target``, the target
+    spectrum on the campaign grid (JSON: ``wl_start``, ``wl_step``, ``values``)."""
+    dumped = config.model_dump(mode="json", exclude={"bus", "base_dir"})
+    grid = config.objective.grid
+    target = {
+        "wl_start": grid.start,
+        "wl_step": grid.step,
+        "values": [float(v) for v in config.target()],
+    }
+    return {"config": json.dumps(dumped, sort_keys=True), "target": json.dumps(target)}
+
+
 class Journal:
     """One campaign's journal file. Use :meth:`create` or :meth:`open`, then :meth:`close`.
 
@@ -160,17 +181,24 @@ class Journal:
         seed: int,
         parameters: Sequence[str],
         synchronous: str = "NORMAL",
+        extra_meta: Mapping[str, str] | None = None,
     ) -> Journal:
         """Start a new journal at ``path``.
 
         The file is built under a temporary name and linked into place, so
         ``path`` is either absent or a complete journal, even if the agent dies
-        while creating it.
+        while creating it. ``extra_meta`` adds keys to ``meta`` (the run stores
+        the resolved ``config`` and the ``target`` spectrum there, so that a
+        report needs nothing but the journal).
 
         Raises:
             JournalRefused: something is already at ``path`` (it is never overwritten).
+            ValueError: ``extra_meta`` names a key the journal sets itself.
         """
         path = Path(path)
+        clash = set(extra_meta or {}) & _OWN_META
+        if clash:
+            raise ValueError(f"extra_meta may not set {', '.join(sorted(clash))}")
         refusal = JournalRefused(
             f"journal {path} already exists; resume it with --resume, or choose "
             "another --journal/--out (a journal is never overwritten)"
@@ -191,6 +219,7 @@ class Journal:
                     "seed": str(int(seed)),
                     "parameters": json.dumps(list(parameters)),
                     "created_at": str(time.time()),
+                    **(extra_meta or {}),
                 }
                 conn.execute("BEGIN")
                 for statement in _SCHEMA.split(";"):
@@ -218,8 +247,16 @@ class Journal:
         config_hash: str | None = None,
         synchronous: str = "NORMAL",
         check: bool = True,
+        read_only: bool = False,
     ) -> Journal:
         """Open an existing journal, refusing one that is corrupt or another campaign's.
+
+        ``read_only`` (export, report) opens it through SQLite's ``mode=ro``: the
+        file is never written nor migrated, a running campaign may go on
+        writing meanwhile, and :meth:`commit` fails. (SQLite may leave an empty
+        ``-wal``/``-shm`` beside the file, which the next writer reuses; in a
+        directory this process cannot write, a journal with no ``-wal`` is read
+        as immutable.)
 
         Raises:
             JournalRefused: no such file, not a journal, corrupt, another schema
@@ -227,9 +264,17 @@ class Journal:
         """
         path = Path(path)
         if not path.is_file():
-            raise JournalRefused(f"no journal at {path} to resume")
+            raise JournalRefused(f"no journal at {path}")
         try:  # validate before any pragma that would write to the file
-            conn = sqlite3.connect(path, isolation_level=None)
+            if read_only:
+                uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+                if not os.access(path.parent, os.W_OK) and not _wal(path).exists():
+                    # SQLite cannot create the -shm it reads a WAL file with; with no -wal
+                    # there is no writer and nothing un-checkpointed: read the file as it is
+                    uri += "&immutable=1"
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+            else:
+                conn = sqlite3.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
             raise JournalRefused(f"journal {path} cannot be opened: {exc}") from None
         try:
@@ -246,7 +291,10 @@ class Journal:
                     f"this run's {config_hash[:12]}; the seed counts too); resume with the "
                     "same campaign file, overrides and seed"
                 )
-            _configure(conn, path, synchronous)
+            if read_only:
+                conn.execute("PRAGMA query_only = ON")
+            else:
+                _configure(conn, path, synchronous)
             return cls(path, conn)
         except BaseException:
             conn.close()
@@ -388,6 +436,17 @@ class Journal:
         if not sql.lstrip().upper().startswith("SELECT"):
             raise ValueError("query() only reads")
         return iter(self._db.execute(sql, params))
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Read inside one transaction: every query sees the same state of the
+        file, even while a running campaign goes on writing it."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("COMMIT")
 
     def count(self, table: str) -> int:
         if table not in ("rounds", "conditions", "setpoints", "replicates", "events"):
@@ -600,6 +659,10 @@ class Journal:
 
 
 # --- helpers ---------------------------------------------------------------------
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
 
 
 def _fsync(path: Path) -> None:

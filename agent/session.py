@@ -15,7 +15,7 @@ import structlog
 from agent.config import CampaignConfig
 from agent.core.campaign import Campaign, RestoreError
 from agent.export import condition_columns
-from agent.journal import Journal, JournalRefused, config_hash
+from agent.journal import Journal, JournalRefused, config_hash, run_meta
 from agent.runtime import AgentRuntime
 from protocols import messages as m
 from protocols.sockets import Endpoints
@@ -169,6 +169,7 @@ def open_journal(
         seed=seed,
         parameters=[p.name for p in cfg.parameters],
         synchronous=synchronous,
+        extra_meta=run_meta(cfg),
     )
 
 

@@ -56,6 +56,10 @@ def test_demo_runs_two_rounds_and_writes_its_csv(tmp_path):
     log = [json.loads(line) for line in (out / "agent.log").read_text().splitlines()]
     assert all(rec["campaign_id"] == "agnp-demo" for rec in log)
     assert any(rec["event"] == "campaign_stopped" and rec["rule"] == "max_rounds" for rec in log)
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")  # the demo ends with it
+    assert page.count('src="data:image/png;base64,') == 4
+    assert "Not in this journal" not in page  # the run stored its config and target
+    assert f"report: {out / 'report' / 'index.html'}" in proc.stdout
 
 
 async def test_run_command_stops_cleanly_on_sigterm_and_makes_the_pump_safe(tmp_path):
