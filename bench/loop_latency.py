@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import json
 import os
 import platform
@@ -82,7 +83,7 @@ def bench_config(rounds: int, strategy: str, base: str) -> CampaignConfig:
     )
 
 
-PIECES = ("decode", "core", "journal", "announce")
+PIECES = ("decode", "core", "journal", "announce", "gc")
 
 
 class StepTimer:
@@ -92,20 +93,27 @@ class StepTimer:
     (:func:`protocols.codec.decode` as the runtime calls it), ``core``
     (``Campaign.handle``), ``journal`` (``Journal.commit``) and ``announce``
     (``_publish``: the status message built, sent, logged), each by wrapping the
-    instance's attribute (the runtime module's ``decode`` while the timer is on).
+    instance's attribute (the runtime module's ``decode`` while the timer is on), and
+    ``gc`` (Python's cyclic garbage collector, from ``gc.callbacks``). ``cpu`` is the
+    thread's CPU time over the step (``time.thread_time``): far below the wall time,
+    the process was waiting (descheduled by the OS, or blocked in a system call).
     """
 
     def __init__(self, rt: AgentRuntime) -> None:
         self.in_agent: list[float] = []
         self.from_driver: list[float] = []
         self.pieces: list[dict[str, float]] = []
+        self.cpu: list[float] = []
         self._t_in: float | None = None
+        self._cpu_in = 0.0
+        self._gc_t0 = 0.0
         self._frames: list[bytes] | None = None
         self._cur: dict[str, float] = {}
         on_frames, send = rt._on_frames, rt._send
 
         def timed_on_frames(frames: list[bytes], stream: str, identity: bytes | None) -> None:
             self._t_in, self._frames, self._cur = time.perf_counter(), frames, {}
+            self._cpu_in = time.thread_time()
             try:
                 on_frames(frames, stream, identity)
             finally:
@@ -122,6 +130,7 @@ class StepTimer:
             ):
                 t_out, wall_out = time.perf_counter(), time.time()
                 self.in_agent.append(t_out - self._t_in)
+                self.cpu.append(time.thread_time() - self._cpu_in)
                 self.from_driver.append(wall_out - json.loads(self._frames[1])["ts"])
                 self.pieces.append(dict(self._cur))
 
@@ -133,9 +142,17 @@ class StepTimer:
             rt.journal.commit = self._timed(rt.journal.commit, "journal")  # type: ignore[method-assign]
         self._decode = runtime_module.decode
         runtime_module.decode = self._timed(self._decode, "decode")
+        gc.callbacks.append(self._on_gc)
 
     def close(self) -> None:
         runtime_module.decode = self._decode
+        gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+        elif self._t_in is not None:
+            self._cur["gc"] = self._cur.get("gc", 0.0) + time.perf_counter() - self._gc_t0
 
     def _timed(self, fn: Callable[..., Any], piece: str) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -149,7 +166,12 @@ class StepTimer:
 
 
 async def one_run(
-    rounds: int, strategy: str, time_scale: float, journal_on: bool, tmp: Path
+    rounds: int,
+    strategy: str,
+    time_scale: float,
+    journal_on: bool,
+    tmp: Path,
+    autocheckpoint: int | None = None,
 ) -> tuple[StepTimer, Campaign]:
     base = find_free_base()
     cfg = bench_config(rounds, strategy, base)
@@ -163,6 +185,8 @@ async def one_run(
             seed=0,
             parameters=[p.name for p in cfg.parameters],
         )
+        if autocheckpoint is not None:  # an experiment on this connection only
+            journal._db.execute(f"PRAGMA wal_autocheckpoint = {int(autocheckpoint)}")
     actx = zmq.asyncio.Context()
     rt = AgentRuntime(
         campaign,
@@ -195,13 +219,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="runs with and without the journal")
     ap.add_argument("--time-scale", type=float, default=0.01, help="drivers' --time-scale")
     ap.add_argument("--strategy", default="lhs", help="strategy.kind (default: lhs)")
+    ap.add_argument(
+        "--wal-autocheckpoint",
+        type=int,
+        metavar="PAGES",
+        help="experiment: set SQLite's wal_autocheckpoint on the journal's connection "
+        "(0: never checkpoint during the run; default: SQLite's 1000 pages)",
+    )
     ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
     args = ap.parse_args(argv)
     load_start = os.getloadavg()
     t_start = time.perf_counter()
     samples: dict[bool, dict[str, list[float]]] = {
-        True: {"in": [], "drv": []},
-        False: {"in": [], "drv": []},
+        True: {"in": [], "drv": [], "cpu": []},
+        False: {"in": [], "drv": [], "cpu": []},
     }
     pieces: dict[bool, list[dict[str, float]]] = {True: [], False: []}
     conds: dict[bool, int] = {True: 0, False: 0}
@@ -213,10 +244,18 @@ def main(argv: list[str] | None = None) -> int:
                     run_dir = Path(tmp) / f"run{i}-{int(journal_on)}"
                     run_dir.mkdir()
                     timer, campaign = asyncio.run(
-                        one_run(args.rounds, args.strategy, args.time_scale, journal_on, run_dir)
+                        one_run(
+                            args.rounds,
+                            args.strategy,
+                            args.time_scale,
+                            journal_on,
+                            run_dir,
+                            args.wal_autocheckpoint,
+                        )
                     )
                     samples[journal_on]["in"] += timer.in_agent
                     samples[journal_on]["drv"] += timer.from_driver
+                    samples[journal_on]["cpu"] += timer.cpu
                     pieces[journal_on] += timer.pieces
                     conds[journal_on] += sum(
                         r.state == "complete" for r in campaign.conditions.values()
@@ -257,6 +296,14 @@ def report(args, argv, samples, pieces, conds, load_start, load_end, t_start) ->
         "apart), TCP loopback; the agent journalled (as `sdl-agent run`) or not, JSON logs "
         "to a file. A step is timed only when the next condition of the same round was "
         "queued (see the docstring of bench/loop_latency.py for the two clocks).",
+        *(
+            [
+                f"- Experiment: `PRAGMA wal_autocheckpoint = {args.wal_autocheckpoint}` on the "
+                "journal's connection."
+            ]
+            if args.wal_autocheckpoint is not None
+            else []
+        ),
         "",
         "| journal | steps | conditions | in agent p50 | p99 | max "
         "| from driver's send p50 | p99 | max |",
@@ -282,13 +329,16 @@ def report(args, argv, samples, pieces, conds, load_start, load_end, t_start) ->
         "Where a step's time goes (in agent, ms): the median step, and the mean of the "
         "slowest 2 % of steps (at or above the 98th percentile of *in agent*). *Other* is "
         "the rest of the step: sequence tracking, the core event, the log records, the "
-        "setpoint built and sent.",
+        "setpoint built and sent, and any time the process was not running. *Of it CPU*: "
+        "the thread's CPU time over the step; well below *in agent*, the step waited "
+        "(the OS ran something else, or a system call blocked).",
         "",
-        "| journal | steps | in agent | " + " | ".join(PIECES) + " | other |",
-        "|---|---|---:|" + "---:|" * (len(PIECES) + 1),
+        "| journal | steps | in agent | of it CPU | " + " | ".join(PIECES) + " | other |",
+        "|---|---|---:|---:|" + "---:|" * (len(PIECES) + 1),
     ]
     for journal_on in (True, False):
         total = np.asarray(samples[journal_on]["in"]) * 1e3
+        cpu = np.asarray(samples[journal_on]["cpu"]) * 1e3
         rows = np.array(
             [[p.get(k, 0.0) * 1e3 for k in PIECES] for p in pieces[journal_on]]
         ).reshape(len(total), len(PIECES))
@@ -302,6 +352,7 @@ def report(args, argv, samples, pieces, conds, load_start, load_end, t_start) ->
             other = float(agg(total[sel] - rows[sel].sum(axis=1)))
             lines.append(
                 f"| {'on' if journal_on else 'off'} | {label} ({int(sel.sum())}) | {t:.2f} | "
+                f"{float(agg(cpu[sel])):.2f} | "
                 + " | ".join(f"{x:.2f}" for x in parts)
                 + f" | {other:.2f} |"
             )
