@@ -17,6 +17,7 @@ import json
 import signal
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,7 @@ async def test_sigkill_at_random_points_and_resume_loses_nothing_and_applies_not
                 if isinstance(stale, m.FlowReadback):
                     reached.add(stale.cmd_id)
             err = (tmp_path / f"agent-{life}.log").open("wb")
+            started = time.time()
             agent = await asyncio.create_subprocess_exec(
                 *sdl_agent(*args, *(["--resume"] if life else [])),
                 stdout=asyncio.subprocess.DEVNULL,
@@ -101,19 +103,22 @@ async def test_sigkill_at_random_points_and_resume_loses_nothing_and_applies_not
                 break
             # kill after the k-th proposal/completion the agent announces (the next setpoint
             # is on its way), or after the pump reports the k-th new setpoint reached (the
-            # agent is starting to measure)
+            # agent is starting to measure). Only once this life is up, as its first status
+            # event stamped after its start shows: the pump may still report reaching a
+            # setpoint of the life before, and a kill before the agent opened its journal
+            # would test nothing.
             k = int(rng.integers(1, 3))
             watch = sub if life % 2 == 0 else reactor
             seen: set[str] = set()
             exited = asyncio.ensure_future(agent.wait())
             async with asyncio.timeout(TIMEOUT):
+                while (await _next(sub, exited, tmp_path, life)).ts < started:
+                    pass
+                for stale in _drain(reactor):
+                    if isinstance(stale, m.FlowReadback):
+                        reached.add(stale.cmd_id)
                 while len(seen) < k:
-                    frames = asyncio.ensure_future(watch.recv_multipart())
-                    await asyncio.wait({frames, exited}, return_when=asyncio.FIRST_COMPLETED)
-                    if not frames.done():
-                        frames.cancel()
-                        pytest.fail(f"agent life {life} exited early:\n{_tail(tmp_path, life)}")
-                    msg = decode(frames.result())
+                    msg = await _next(watch, exited, tmp_path, life)
                     if isinstance(msg, m.Proposal | m.ConditionComplete):
                         where = f"{msg.kind} " + getattr(msg, "condition", f"round {msg.round}")
                         seen.add(where)
@@ -178,6 +183,18 @@ async def test_sigkill_at_random_points_and_resume_loses_nothing_and_applies_not
         log = (tmp_path / f"agent-{life}.log").read_text().splitlines()
         resumed += any('"campaign_resumed"' in line for line in log)
     assert resumed == KILLS
+
+
+async def _next(
+    sock: zmq.asyncio.Socket, exited: asyncio.Future[int], tmp_path: Path, life: int
+) -> m.Message:
+    """The next message on ``sock``; fails the test if the agent exits first."""
+    frames = asyncio.ensure_future(sock.recv_multipart())
+    await asyncio.wait({frames, exited}, return_when=asyncio.FIRST_COMPLETED)
+    if not frames.done():
+        frames.cancel()
+        pytest.fail(f"agent life {life} exited early:\n{_tail(tmp_path, life)}")
+    return decode(frames.result())
 
 
 def _drain(sock: zmq.asyncio.Socket) -> list[m.Message]:
