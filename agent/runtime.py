@@ -64,6 +64,8 @@ log = structlog.get_logger("sdl_agent")
 
 _DRIVER_KINDS = {"hello", "heartbeat", "setpoint_ack", "acquire_ack", "fault"}
 _MEASUREMENT_KINDS = {"flow_readback", "spectrum", "phase_label", "heartbeat", "fault"}
+#: at most this many queued measurement messages handled before yielding to the loop
+_EVENTS_BATCH = 64
 #: status events after which a fresh campaign_status goes out at once
 _ROUND_CHANGES = {"proposal", "round_complete", "campaign_stopped"}
 
@@ -241,6 +243,14 @@ class AgentRuntime:
         while True:
             frames = await self._sub.recv_multipart()
             self._on_frames(frames, "events", None)
+            # then what is already queued, without an await each (bench/bus_ingest.py:
+            # one await per message costs ~30 us); bounded, so timers still run
+            for _ in range(_EVENTS_BATCH - 1):
+                try:
+                    frames = self._sub.recv_multipart(flags=zmq.NOBLOCK).result()
+                except zmq.Again:
+                    break
+                self._on_frames(frames, "events", None)
 
     async def _ticker(self) -> None:
         next_beat = 0.0

@@ -400,11 +400,6 @@ PROFILED = [
         "type_adapter.py",
         "validate_json",
     ),
-    (
-        "of which `Spectrum._values_finite` (a Python loop over the 421 values)",
-        "protocols/messages.py",
-        "_values_finite",
-    ),
     ("to core event (`np.fromiter` of 421 values)", "agent/runtime.py", "_to_event"),
     ("sequence tracking (`SequenceTracker.observe`)", "agent/core/sequence.py", "observe"),
     ("core: `Campaign.handle`", "agent/core/campaign.py", "handle"),
@@ -456,7 +451,6 @@ def profile_agent(spectrum: np.ndarray, conditions: int, replicates: int) -> dic
 def piece_costs(spectrum: np.ndarray, replicates: int) -> list[tuple[str, float]]:
     """Median microseconds of each step of the ingest path, timed alone (no profiler)."""
     import json
-    import math
 
     from pydantic import TypeAdapter, create_model
 
@@ -497,13 +491,8 @@ def piece_costs(spectrum: np.ndarray, replicates: int) -> list[tuple[str, float]
             1,
         ),
         (
-            "the same fields validated by pydantic without the two Python validators",
+            "the same fields, pydantic without the Python validator (`_length_matches`)",
             lambda: plain_adapter.validate_json(body, strict=True),
-            1,
-        ),
-        (
-            "`Spectrum._values_finite` loop alone (`all(math.isfinite(x) for x in values)`)",
-            lambda: all(math.isfinite(x) for x in values),
             1,
         ),
         (

@@ -21,11 +21,10 @@ Messages hold data only: no behaviour, no live objects, no arrays.
 
 from __future__ import annotations
 
-import math
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 __all__ = [
     "COMMAND_KINDS",
@@ -214,15 +213,6 @@ class Spectrum(_Message):
     wl_step: Annotated[float, Field(gt=0.0, lt=1000.0)]
     n_points: Annotated[int, Field(ge=2, le=MAX_SPECTRUM_POINTS)]
     values: Annotated[list[Finite], Field(min_length=2, max_length=MAX_SPECTRUM_POINTS)]
-
-    @field_validator("values")
-    @classmethod
-    def _values_finite(cls, values: list[float]) -> list[float]:
-        # allow_inf_nan on the item type already refuses NaN/inf; this guards the
-        # model_construct path used by trusted producers.
-        if not all(math.isfinite(x) for x in values):
-            raise ValueError("spectrum values must be finite")
-        return values
 
     @model_validator(mode="after")
     def _length_matches(self) -> Spectrum:
