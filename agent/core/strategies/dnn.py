@@ -147,6 +147,9 @@ class DnnProposals:
     def _score_parts(
         self, fitted: FittedSpectrumModel, space: Space, u: torch.Tensor
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and spread (sd over members) of the predicted loss of unit points ``u``."""
+        if len(u) == 0:
+            return np.zeros(0), np.zeros(0)
         with torch.no_grad():
             losses = predicted_loss(fitted, self.loss, _physical(space, u))
         return losses.mean(0).double().numpy(), losses.std(0).double().numpy()
