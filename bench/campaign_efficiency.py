@@ -41,22 +41,25 @@ ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = ROOT / "examples" / "agnp.toml"
 
 
-def measure(world, space, recipe, wl, target, rng, droplets: int) -> tuple[float, float, float]:
-    """(measured median loss, its robust sd, true loss) of one recipe."""
+def measure(
+    world, space, recipe, wl, target, rng, droplets: int
+) -> tuple[float, float, float, np.ndarray]:
+    """(measured median loss, its robust sd, true loss, median spectrum) of one recipe."""
     flows = space.channels.flows(recipe)
     clean = world.spectrum(flows, wl)
     true = float(agnp_loss(clean, target))
-    drops = []
+    drops, spectra = [], []
     for _ in range(droplets):
         jitter = {k: v * float(rng.lognormal(0.0, 0.015)) for k, v in flows.items()}
         s = world.spectrum(jitter, wl) * float(rng.lognormal(0.0, 0.02))
         s = s + float(np.clip(rng.normal(0.05, 0.04), -0.04, 0.16))
         s = s + rng.normal(0.0, 0.005, size=s.shape)
         drops.append(float(agnp_loss(s, target)))
+        spectra.append(s)
     losses = np.array(drops)
     med = float(np.median(losses))
     sd = 1.4826 * float(np.median(np.abs(losses - med))) / math.sqrt(droplets)
-    return med, sd, true
+    return med, sd, true, np.median(np.array(spectra), axis=0)
 
 
 def run(strategy: str, seed: int, rounds: int, droplets: int) -> dict:
@@ -75,6 +78,8 @@ def run(strategy: str, seed: int, rounds: int, droplets: int) -> dict:
     world = agnp_world(seed=0)
     rng = np.random.default_rng(10_000 + seed)
     best_true_by_round = []
+    best_strategy_by_round = []  # which strategy proposed the best-measured condition
+    model_by_round = []
     best_measured = math.inf
     best_true = math.nan
     propose_s = []
@@ -82,19 +87,26 @@ def run(strategy: str, seed: int, rounds: int, droplets: int) -> dict:
         t0 = time.perf_counter()
         batch = campaign.ask()
         propose_s.append(time.perf_counter() - t0)
+        metrics = campaign.progress().metrics  # the spectrum model's trust metrics, if any
+        model_by_round.append({k: v for k, v in metrics.items() if k.startswith("model_")})
         results = []
         for recipe in batch:
-            med, sd, true = measure(world, campaign.space, recipe, wl, target, rng, droplets)
-            results.append(Result(loss=med, loss_sd=sd))
+            med, sd, true, spectrum = measure(
+                world, campaign.space, recipe, wl, target, rng, droplets
+            )
+            results.append(Result(loss=med, loss_sd=sd, spectrum=spectrum))
             if med < best_measured:
                 best_measured, best_true = med, true
         campaign.tell(batch, results)
         best_true_by_round.append(best_true)
+        best_strategy_by_round.append(campaign.best_strategy)
     box = {p.name: [p.lower, p.upper] for p in campaign.space.parameters}
     return {
         "strategy": strategy,
         "seed": seed,
         "best_true_by_round": best_true_by_round,
+        "best_strategy_by_round": best_strategy_by_round,
+        "model_by_round": model_by_round,
         "propose_s": propose_s,
         "expansions": len(campaign.expansions),
         "final_box": box,
@@ -162,7 +174,8 @@ def main() -> None:
             curve = " ".join(f"{v:.3f}" for v in r["best_true_by_round"])
             print(
                 f"seed {seed:2d} {s:8s} {time.perf_counter() - t0:7.1f} s  "
-                f"best true loss/round: {curve}  expansions {r['expansions']}",
+                f"best true loss/round: {curve}  expansions {r['expansions']}  "
+                f"best by: {' '.join(str(t) for t in r['best_strategy_by_round'])}",
                 flush=True,
             )
     print(f"\nruns written to {args.json}; torch threads {args.threads}")
