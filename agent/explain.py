@@ -35,6 +35,7 @@ __all__ = ["ExplainUnavailable", "explain_inputs", "importance_table", "write_im
 
 # Rows per call of the model while SHAP evaluates coalitions (memory bound).
 _CHUNK = 4096
+_TITLES = {"loss": "predicted loss", "peak_nm": "predicted peak wavelength"}
 
 
 class ExplainUnavailable(RuntimeError):
@@ -125,7 +126,7 @@ def write_importance(
         ax.invert_yaxis()
         unit = "loss" if output == "loss" else "nm"
         ax.set_xlabel(f"mean |SHAP| ({unit})")
-        ax.set_title(f"predicted {output}")
+        ax.set_title(_TITLES.get(output, output))
     fig.tight_layout()
     png_path = out_dir / "input_importance.png"
     fig.savefig(png_path, dpi=120)

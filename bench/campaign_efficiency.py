@@ -1,11 +1,13 @@
-"""Sample efficiency on the simulated AgNP world: LHS-only vs LP-BO vs BoTorch qLogNEI.
+"""Sample efficiency on the simulated AgNP world: LHS-only, LP-BO, two-step (BO + DNN), qLogNEI.
 
 Each strategy runs the reference campaign (examples/agnp.toml: 15 conditions a
 round, LHS first, boundary expansion on) through the offline ask/tell API, the
 same Campaign object the live agent runs. A condition's measured loss is the
 study's loss of the median of ``--droplets`` noisy droplet spectra from the
 simulated world (the spectrometer's noise model, without outliers); the
-*true* loss of a recipe is the loss of its noise-free spectrum. Reported per
+*true* loss of a recipe is the loss of its noise-free spectrum; the median of
+the droplet spectra goes with each result (the two-step strategy trains its
+spectrum model on them). Reported per
 round: the true loss of the best-measured condition (median over seeds), and
 the rounds each seed needs to reach each of ``--levels``; the acceleration factor is
 ``AF = median rounds(LHS-only) / median rounds(method)`` (Liang et al. 2021,
@@ -13,6 +15,7 @@ in rounds of 15), with "never" counted as ``rounds + 1``.
 
     python bench/campaign_efficiency.py --seeds 10 --rounds 8
     python bench/campaign_efficiency.py --quick
+    python bench/campaign_efficiency.py --strategies lp-ei,two-step --seeds 10 --rounds 8
     # qLogNEI takes ~100 s a round: run it on its own core, then merge the tables
     python bench/campaign_efficiency.py --strategies lhs,lp-ei --threads 1 --json a.json
     python bench/campaign_efficiency.py --strategies qlognei --threads 1 --json b.json
@@ -135,7 +138,7 @@ def main() -> None:
     )
     p.add_argument(
         "--strategies",
-        default="lhs,lp-ei,qlognei",
+        default="lhs,lp-ei,two-step,qlognei",
         help="comma-separated strategy[:noise], e.g. lp-ei:known (GP noise from loss_sd)",
     )
     p.add_argument("--quick", action="store_true", help="3 seeds, 4 rounds")
@@ -229,6 +232,11 @@ def report(runs: dict[str, list[dict]], levels: list[float], t_start: float) -> 
                 af = "" if base is None else f"{'>=' if base_never else ''}{base / med_rt:.1f}"
             cells.append(f"{med_rt:g} ({reached}/{len(rt)}) | {af}")
         print(f"| {level:g} | " + " | ".join(cells) + " |")
+    print("\nwhich strategy proposed each seed's best-measured condition (after the last round):")
+    for s in order:
+        tags = [r["best_strategy_by_round"][-1] for r in runs[s] if r.get("best_strategy_by_round")]
+        counts = {t: tags.count(t) for t in sorted(set(tags), key=str)}
+        print(f"- {s}: " + (", ".join(f"{t} {c}" for t, c in counts.items()) or "not recorded"))
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
         f"{time.perf_counter() - t_start:.0f} s"

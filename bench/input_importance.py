@@ -87,6 +87,15 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {imp['loss'][name]:.4f} | {imp['peak_nm'][name]:.1f} | "
             f"{world.get(name, float('nan')):.3f} |"
         )
+    world_order = sorted(world, key=lambda n: -world[n])
+    peak_order = sorted(space.names, key=lambda n: -imp["peak_nm"][n])
+    lines += [
+        "",
+        f"Ranking by the predicted loss: {', '.join(order)}; the world's own ranking of the "
+        f"loss in that region: {', '.join(world_order)} "
+        f"({'the same' if order == world_order else 'they differ'}). By the predicted peak "
+        f"wavelength: {', '.join(peak_order)}. Plot: docs/input_importance.png.",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     print(f"wrote {csv} and {png}")
