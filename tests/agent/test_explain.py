@@ -1,6 +1,6 @@
 """Tests for agent.explain: SHAP values of the spectrum model's predictions.
 
-Runtime: ~3 s with shap installed (importing shap is most of it).
+Runtime: ~10 s with shap installed (shap's import and first-call compilation, ~8 s).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Tests for agent.core.strategies.dnn: proposals by the spectrum model's predicted loss.
 
-Runtime: ~4 s (one small model fitted per module; hypothesis runs 15 batches).
+Runtime: ~3 s (one small model fitted per module; hypothesis runs 15 batches).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Tests for agent.core.strategies.spectrum_model: the ensemble that predicts spectra.
 
-Runtime: ~3 s on the 2-core machine (small ensembles, one full-size fit).
+Runtime: ~5 s on the 2-core machine (small ensembles; one full-size fit, ~3.5 s).
 """
 
 from __future__ import annotations
