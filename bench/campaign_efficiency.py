@@ -66,10 +66,14 @@ def measure(
 
 
 def run(strategy: str, seed: int, rounds: int, droplets: int) -> dict:
-    kind, _, noise = strategy.partition(":")  # e.g. "lp-ei:known": the GP noise model
+    spec, _, extra = strategy.partition("@")  # "two-step@optimism=1+dnn_points=5"
+    kind, _, noise = spec.partition(":")  # e.g. "lp-ei:known": the GP noise model
     overrides: dict[str, object] = {"strategy.kind": kind, "stop.max_rounds": rounds}
     if noise:
         overrides["strategy.noise"] = noise
+    for item in filter(None, extra.split("+")):
+        key, _, value = item.partition("=")
+        overrides[f"strategy.two_step.{key}"] = value
     cfg = CampaignConfig.from_toml(CAMPAIGN, overrides=overrides, env={})
     # every run spends the whole round budget: the reference file's other stop
     # rules (target loss, no improvement, ...) would end runs at different rounds
@@ -139,7 +143,8 @@ def main() -> None:
     p.add_argument(
         "--strategies",
         default="lhs,lp-ei,two-step,qlognei",
-        help="comma-separated strategy[:noise], e.g. lp-ei:known (GP noise from loss_sd)",
+        help="comma-separated strategy[:noise][@key=value+...], e.g. lp-ei:known (GP noise "
+        "from loss_sd), two-step@optimism=1 ([strategy.two_step] keys)",
     )
     p.add_argument("--quick", action="store_true", help="3 seeds, 4 rounds")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
