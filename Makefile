@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/proposal_latency.py
 	$(BIN)/python bench/campaign_efficiency.py
 	$(BIN)/python bench/journal_cost.py
+	$(BIN)/python bench/spectrum_model.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-out

@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from agent.core.strategies.registry import STRATEGY_NAMES
+
 __all__ = ["main"]
 
 _EPILOG = """\
@@ -209,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed for agent and drivers")
     demo.add_argument(
         "--strategy",
-        choices=("lhs", "lp-ei", "qlognei", "ucb"),
+        choices=STRATEGY_NAMES,
         default=None,
         help="strategy after round 1 (default: the campaign file's)",
     )

@@ -113,13 +113,26 @@ class ExpansionConfig(_Section):
     grow_fraction: Annotated[float, Field(gt=0, le=10)] = 0.5
 
 
+class TwoStepConfig(_Section):
+    """``[strategy.two_step]``: the BO -> BO + DNN schedule (docs/campaign.md)."""
+
+    bo: Literal["lp-ei", "qlognei", "ucb"] = "lp-ei"
+    dnn_points: Annotated[int, Field(ge=0, le=1000)] = 7
+    trust_cosine: Annotated[float, Field(gt=0, le=1)] = 0.95
+    trust_mse: Pos | None = None
+    members: Annotated[int, Field(ge=2, le=64)] = 5
+    optimism: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    min_distance: Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)] = 0.1
+
+
 class StrategyConfig(_Section):
     initial: Literal["lhs"] = "lhs"
-    kind: Literal["lhs", "lp-ei", "qlognei", "ucb"] = "lp-ei"
+    kind: Literal["lhs", "lp-ei", "qlognei", "ucb", "two-step"] = "lp-ei"
     initial_rounds: Annotated[int, Field(ge=1)] = 1
     ucb_beta: Pos = 2.0
     noise: Literal["learned", "known"] = "learned"
     expansion: ExpansionConfig = ExpansionConfig()
+    two_step: TwoStepConfig = TwoStepConfig()
 
 
 class NoImprovementConfig(_Section):
@@ -341,6 +354,16 @@ class CampaignConfig(_Section):
         return cfg
 
     @model_validator(mode="after")
+    def _check_split(self) -> CampaignConfig:
+        split = self.strategy.kind == "two-step"
+        if split and self.strategy.two_step.dnn_points > self.campaign.batch_size:
+            raise ValueError(
+                f"strategy.two_step.dnn_points ({self.strategy.two_step.dnn_points}) exceeds "
+                f"campaign.batch_size ({self.campaign.batch_size})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_stop_rules(self) -> CampaignConfig:
         if self.stop.reads_strategy_metrics() and self.strategy.kind == "lhs":
             raise ValueError(
@@ -391,7 +414,13 @@ class CampaignConfig(_Section):
             grid=grid,
             replicates=ReplicateSettings(**r.model_dump()),
             initial_strategy=make_strategy(s.initial),
-            strategy=make_strategy(s.kind, beta=s.ucb_beta, noise=s.noise),
+            strategy=make_strategy(
+                s.kind,
+                beta=s.ucb_beta,
+                noise=s.noise,
+                loss=loss,
+                two_step=s.two_step.model_dump(),
+            ),
             stop_rule=self.stop.rule(),
             batch_size=self.campaign.batch_size,
             initial_rounds=s.initial_rounds,

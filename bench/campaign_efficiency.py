@@ -1,11 +1,13 @@
-"""Sample efficiency on the simulated AgNP world: LHS-only vs LP-BO vs BoTorch qLogNEI.
+"""Sample efficiency on the simulated AgNP world: LHS-only, LP-BO, two-step (BO + DNN), qLogNEI.
 
 Each strategy runs the reference campaign (examples/agnp.toml: 15 conditions a
 round, LHS first, boundary expansion on) through the offline ask/tell API, the
 same Campaign object the live agent runs. A condition's measured loss is the
 study's loss of the median of ``--droplets`` noisy droplet spectra from the
 simulated world (the spectrometer's noise model, without outliers); the
-*true* loss of a recipe is the loss of its noise-free spectrum. Reported per
+*true* loss of a recipe is the loss of its noise-free spectrum; the median of
+the droplet spectra goes with each result (the two-step strategy trains its
+spectrum model on them). Reported per
 round: the true loss of the best-measured condition (median over seeds), and
 the rounds each seed needs to reach each of ``--levels``; the acceleration factor is
 ``AF = median rounds(LHS-only) / median rounds(method)`` (Liang et al. 2021,
@@ -13,6 +15,7 @@ in rounds of 15), with "never" counted as ``rounds + 1``.
 
     python bench/campaign_efficiency.py --seeds 10 --rounds 8
     python bench/campaign_efficiency.py --quick
+    python bench/campaign_efficiency.py --strategies lp-ei,two-step --seeds 10 --rounds 8
     # qLogNEI takes ~100 s a round: run it on its own core, then merge the tables
     python bench/campaign_efficiency.py --strategies lhs,lp-ei --threads 1 --json a.json
     python bench/campaign_efficiency.py --strategies qlognei --threads 1 --json b.json
@@ -41,29 +44,36 @@ ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = ROOT / "examples" / "agnp.toml"
 
 
-def measure(world, space, recipe, wl, target, rng, droplets: int) -> tuple[float, float, float]:
-    """(measured median loss, its robust sd, true loss) of one recipe."""
+def measure(
+    world, space, recipe, wl, target, rng, droplets: int
+) -> tuple[float, float, float, np.ndarray]:
+    """(measured median loss, its robust sd, true loss, median spectrum) of one recipe."""
     flows = space.channels.flows(recipe)
     clean = world.spectrum(flows, wl)
     true = float(agnp_loss(clean, target))
-    drops = []
+    drops, spectra = [], []
     for _ in range(droplets):
         jitter = {k: v * float(rng.lognormal(0.0, 0.015)) for k, v in flows.items()}
         s = world.spectrum(jitter, wl) * float(rng.lognormal(0.0, 0.02))
         s = s + float(np.clip(rng.normal(0.05, 0.04), -0.04, 0.16))
         s = s + rng.normal(0.0, 0.005, size=s.shape)
         drops.append(float(agnp_loss(s, target)))
+        spectra.append(s)
     losses = np.array(drops)
     med = float(np.median(losses))
     sd = 1.4826 * float(np.median(np.abs(losses - med))) / math.sqrt(droplets)
-    return med, sd, true
+    return med, sd, true, np.median(np.array(spectra), axis=0)
 
 
 def run(strategy: str, seed: int, rounds: int, droplets: int) -> dict:
-    kind, _, noise = strategy.partition(":")  # e.g. "lp-ei:known": the GP noise model
+    spec, _, extra = strategy.partition("@")  # "two-step@optimism=1+dnn_points=5"
+    kind, _, noise = spec.partition(":")  # e.g. "lp-ei:known": the GP noise model
     overrides: dict[str, object] = {"strategy.kind": kind, "stop.max_rounds": rounds}
     if noise:
         overrides["strategy.noise"] = noise
+    for item in filter(None, extra.split("+")):
+        key, _, value = item.partition("=")
+        overrides[f"strategy.two_step.{key}"] = value
     cfg = CampaignConfig.from_toml(CAMPAIGN, overrides=overrides, env={})
     # every run spends the whole round budget: the reference file's other stop
     # rules (target loss, no improvement, ...) would end runs at different rounds
@@ -75,6 +85,8 @@ def run(strategy: str, seed: int, rounds: int, droplets: int) -> dict:
     world = agnp_world(seed=0)
     rng = np.random.default_rng(10_000 + seed)
     best_true_by_round = []
+    best_strategy_by_round = []  # which strategy proposed the best-measured condition
+    model_by_round = []
     best_measured = math.inf
     best_true = math.nan
     propose_s = []
@@ -82,19 +94,26 @@ def run(strategy: str, seed: int, rounds: int, droplets: int) -> dict:
         t0 = time.perf_counter()
         batch = campaign.ask()
         propose_s.append(time.perf_counter() - t0)
+        metrics = campaign.progress().metrics  # the spectrum model's trust metrics, if any
+        model_by_round.append({k: v for k, v in metrics.items() if k.startswith("model_")})
         results = []
         for recipe in batch:
-            med, sd, true = measure(world, campaign.space, recipe, wl, target, rng, droplets)
-            results.append(Result(loss=med, loss_sd=sd))
+            med, sd, true, spectrum = measure(
+                world, campaign.space, recipe, wl, target, rng, droplets
+            )
+            results.append(Result(loss=med, loss_sd=sd, spectrum=spectrum))
             if med < best_measured:
                 best_measured, best_true = med, true
         campaign.tell(batch, results)
         best_true_by_round.append(best_true)
+        best_strategy_by_round.append(campaign.best_strategy)
     box = {p.name: [p.lower, p.upper] for p in campaign.space.parameters}
     return {
         "strategy": strategy,
         "seed": seed,
         "best_true_by_round": best_true_by_round,
+        "best_strategy_by_round": best_strategy_by_round,
+        "model_by_round": model_by_round,
         "propose_s": propose_s,
         "expansions": len(campaign.expansions),
         "final_box": box,
@@ -123,8 +142,9 @@ def main() -> None:
     )
     p.add_argument(
         "--strategies",
-        default="lhs,lp-ei,qlognei",
-        help="comma-separated strategy[:noise], e.g. lp-ei:known (GP noise from loss_sd)",
+        default="lhs,lp-ei,two-step,qlognei",
+        help="comma-separated strategy[:noise][@key=value+...], e.g. lp-ei:known (GP noise "
+        "from loss_sd), two-step@optimism=1 ([strategy.two_step] keys)",
     )
     p.add_argument("--quick", action="store_true", help="3 seeds, 4 rounds")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -162,7 +182,8 @@ def main() -> None:
             curve = " ".join(f"{v:.3f}" for v in r["best_true_by_round"])
             print(
                 f"seed {seed:2d} {s:8s} {time.perf_counter() - t0:7.1f} s  "
-                f"best true loss/round: {curve}  expansions {r['expansions']}",
+                f"best true loss/round: {curve}  expansions {r['expansions']}  "
+                f"best by: {' '.join(str(t) for t in r['best_strategy_by_round'])}",
                 flush=True,
             )
     print(f"\nruns written to {args.json}; torch threads {args.threads}")
@@ -216,6 +237,11 @@ def report(runs: dict[str, list[dict]], levels: list[float], t_start: float) -> 
                 af = "" if base is None else f"{'>=' if base_never else ''}{base / med_rt:.1f}"
             cells.append(f"{med_rt:g} ({reached}/{len(rt)}) | {af}")
         print(f"| {level:g} | " + " | ".join(cells) + " |")
+    print("\nwhich strategy proposed each seed's best-measured condition (after the last round):")
+    for s in order:
+        tags = [r["best_strategy_by_round"][-1] for r in runs[s] if r.get("best_strategy_by_round")]
+        counts = {t: tags.count(t) for t in sorted(set(tags), key=str)}
+        print(f"- {s}: " + (", ".join(f"{t} {c}" for t, c in counts.items()) or "not recorded"))
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
         f"{time.perf_counter() - t_start:.0f} s"

@@ -219,6 +219,7 @@ class Campaign:
         self._loss_sd: list[float] = []
         self._spectra: list[np.ndarray | None] = []
         self._obs_round: list[int] = []
+        self._obs_strategy: list[str] = []  # the tag of the strategy that proposed each
         self._queue: list[str] = []
         self._active: str | None = None
         self._pending: dict[str, _Pending] = {}
@@ -271,6 +272,13 @@ class Campaign:
             return None
         i = int(np.argmin(self._loss))
         return self.space.to_recipes(self._x[i][None, :])[0], self._loss[i]
+
+    @property
+    def best_strategy(self) -> str | None:
+        """The tag of the strategy that proposed the best recipe so far (e.g. "lp-ei", "dnn")."""
+        if not self._loss:
+            return None
+        return self._obs_strategy[int(np.argmin(self._loss))]
 
     def progress(self, now: float | None = None) -> Progress:
         """What the stop rules see at ``now`` (campaign time; None: no clock).
@@ -362,11 +370,14 @@ class Campaign:
         except (ValueError, TypeError, KeyError) as exc:
             raise TellError(f"bad recipe: {exc}") from None
         asked = self.space.to_array(self._asked)
+        tags = []
         for i, row in enumerate(x):
-            if not np.any(np.all(np.isclose(asked, row, rtol=0, atol=1e-9), axis=1)):
+            hit = np.all(np.isclose(asked, row, rtol=0, atol=1e-9), axis=1)
+            if not np.any(hit):
                 bad = self.space.violations(batch[i])
                 why = "; ".join(bad) if bad else "it was not in the asked batch"
                 raise TellError(f"recipe {i} cannot be told: {why}")
+            tags.append(self._asked_tags[int(np.argmax(hit))])
         for i, r in enumerate(results):
             if not isinstance(r, Result):
                 raise TellError(f"result {i} is not a Result")
@@ -377,8 +388,8 @@ class Campaign:
             if r.spectrum is not None and not np.all(np.isfinite(r.spectrum)):
                 raise TellError(f"result {i} has a non-finite spectrum")
         round_no = self.round
-        for row, r in zip(x, results, strict=True):
-            self._record(row, r, round_no)
+        for row, r, tag in zip(x, results, tags, strict=True):
+            self._record(row, r, round_no, tag)
         self._asked = None
         _, reason = self._finish_round(round_no, now)
         if reason is not None:
@@ -570,12 +581,13 @@ class Campaign:
             self._lost.add(self.settings.pump_role)
             self._lost_reason = "the agent restarted after the pump had taken this setpoint"
 
-    def _record(self, x: np.ndarray, r: Result, round_no: int) -> None:
+    def _record(self, x: np.ndarray, r: Result, round_no: int, strategy: str = "") -> None:
         self._x.append(np.asarray(x, dtype=float))
         self._loss.append(float(r.loss))
         self._loss_sd.append(float(r.loss_sd))
         self._spectra.append(None if r.spectrum is None else np.asarray(r.spectrum, float))
         self._obs_round.append(round_no)
+        self._obs_strategy.append(strategy)
 
     def _finish_round(
         self, round_no: int, now: float | None
@@ -800,7 +812,7 @@ class Campaign:
             for r in done
         ]
         for r, res in zip(done, results, strict=True):
-            self._record(self.space.to_array([r.recipe])[0], res, round_no)
+            self._record(self.space.to_array([r.recipe])[0], res, round_no, r.strategy)
         self._asked = None
         out, reason = self._finish_round(round_no, now)
         return out, reason, len(done)
@@ -832,7 +844,14 @@ class Campaign:
             ),
             Note(
                 "campaign_stopped",
-                {"rule": reason.rule, "reason": reason.reason, "numbers": numbers},
+                {
+                    "rule": reason.rule,
+                    "reason": reason.reason,
+                    "numbers": numbers,
+                    "best_loss": None if best is None else best[1],
+                    "best_condition": self._best_condition(),
+                    "best_strategy": self.best_strategy,
+                },
             ),
         ]
         if self.settings.pump_role in self._up:

@@ -119,3 +119,28 @@ def test_loss_in_unit_interval_and_shape_only_on_plateau(s: np.ndarray, scale: f
     if 0.7 <= peak <= 1.2 and 0.7 <= peak * scale <= 1.2:
         # on the plateau only the shape counts: scaling does not change the loss
         assert agnp_loss(s * scale, target) == pytest.approx(loss, abs=1e-9)
+
+
+def test_torch_path_is_the_same_loss_and_differentiable() -> None:
+    # the spectrum model scores predictions with the campaign's own AgnpLoss on
+    # tensors: same values as on numpy arrays, and gradients that are finite
+    torch = pytest.importorskip("torch")
+    wl = np.linspace(400.0, 700.0, 31)
+    target = np.exp(-0.5 * ((wl - 600.0) / 40.0) ** 2)
+    loss = AgnpLoss(target, wl)
+    rng = np.random.default_rng(0)
+    # peaks from 0.2 to 1.5: every branch of the amplitude gate, plus a flat spectrum
+    spectra = rng.random((6, 31)) * np.array([0.2, 0.5, 0.8, 1.0, 1.5, 1.1])[:, None]
+    spectra[5] = 0.3
+    s = torch.tensor(spectra, requires_grad=True)
+    got = loss(s)
+    assert isinstance(got, torch.Tensor)
+    assert np.allclose(got.detach().numpy(), loss(spectra), rtol=0, atol=1e-12)
+    assert np.allclose(got.detach().numpy(), agnp_loss(spectra, target), rtol=0, atol=1e-12)
+    got.sum().backward()
+    assert torch.isfinite(s.grad).all()
+    assert s.grad[0].abs().sum() > 0  # below the gate the loss moves with the spectrum
+    # float32 tensors (the spectrum model's dtype) agree to float32 precision
+    got32 = loss(torch.tensor(spectra, dtype=torch.float32))
+    assert got32.dtype == torch.float32
+    assert np.allclose(got32.numpy(), loss(spectra), atol=1e-5)
