@@ -21,7 +21,7 @@ __all__ = ["main"]
 
 _EPILOG = """\
 examples:
-  sdl-agent demo                                   # simulated lab, 3 rounds of 15
+  sdl-agent demo                                   # simulated lab, up to 4 rounds of 15
   sdl-agent run examples/agnp.toml --set stop.max_rounds=8
   sdl-agent run examples/agnp.toml --resume        # carry on from runs/journal.sqlite
   sdl-agent monitor --connect lab-pc:5562          # watch it from anywhere (read-only)
@@ -198,7 +198,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="campaign file (default: the bundled examples/agnp.toml)",
     )
-    demo.add_argument("--rounds", type=int, default=3, help="rounds to run (default: 3)")
+    demo.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="round budget (default: 4; the target may stop it sooner)",
+    )
     demo.add_argument(
         "--time-scale",
         type=float,

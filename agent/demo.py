@@ -99,7 +99,7 @@ def stop_drivers(procs: dict[str, subprocess.Popen[bytes]], timeout: float = 5.0
 def run_demo(
     *,
     campaign: Path | None = None,
-    rounds: int = 3,
+    rounds: int = 4,
     time_scale: float = 0.02,
     out_dir: Path = Path("demo-out"),
     seed: int = 0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,9 @@ def test_example_builds_the_reference_space():
 
 
 def test_env_overrides_file_and_set_overrides_env():
-    env = {"SDL_AGENT_STOP__MAX_ROUNDS": "5", "SDL_AGENT_CAMPAIGN__BATCH_SIZE": "6"}
+    env = {"SDL_AGENT_STOP__MAX_ROUNDS": "5", "SDL_AGENT_CAMPAIGN__BATCH_SIZE": "16"}
     cfg = CampaignConfig.from_toml(EXAMPLE, env=env, overrides={"stop.max_rounds": "7"})
-    assert cfg.stop.max_rounds == 7 and cfg.campaign.batch_size == 6
+    assert cfg.stop.max_rounds == 7 and cfg.campaign.batch_size == 16
 
 
 @pytest.mark.parametrize(
@@ -103,7 +104,8 @@ def stop_file(tmp_path: Path, stop: str, kind: str = "lp-ei") -> Path:
     text = EXAMPLE.read_text(encoding="utf-8")
     head, rest = text.split("[stop]\n", 1)
     tail = rest[rest.index("# The study's initial box") :]
-    head = head.replace('kind = "lp-ei"', f'kind = "{kind}"')
+    head, n = re.subn(r'(?m)^kind = "[a-z-]+"', f'kind = "{kind}"', head)
+    assert n == 1, "the example's [strategy] kind line moved"
     (tmp_path / "agnp_target.csv").write_bytes((EXAMPLE.parent / "agnp_target.csv").read_bytes())
     return write(tmp_path, f"{head}[stop]\n{stop}\n\n{tail}")
 

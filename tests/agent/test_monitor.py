@@ -75,6 +75,8 @@ async def test_monitor_follows_a_real_campaign_once_and_streaming(tmp_path):
         "--set",
         "campaign.batch_size=5",
         "--set",
+        "strategy.two_step.dnn_points=2",
+        "--set",
         "bus.status_interval_s=0.2",
     )
     # host:port, as a user on another machine would type it
