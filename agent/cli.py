@@ -44,9 +44,17 @@ Read a campaign journal and write into OUTDIR:
   spectra.png      median spectra of the best conditions against the target
   parameters.png   each parameter per condition, inside the search box and its widenings
   replicates.png   each condition's replicate losses: used, outliers, the median
-  importance.png   input importance, only when the strategy reported it
+  importance.png   which inputs matter: mean |SHAP| of each input for a model's
+                   predicted loss and predicted peak wavelength (see below)
+  input_importance.csv  the same as a table, most important input first
   index.html       a summary table (best condition, recipe, stop rule, widenings) and
                    every plot embedded: one self-contained file to mail
+
+Input importance is the one a strategy stored in the journal; else the report
+computes it: it trains the spectrum model on the journal's median spectra (at
+least 20 complete conditions, and the campaign configuration and target in the
+journal) and explains it with SHAP (the optional 'shap' library). That takes a
+few seconds; --no-importance skips it. Without it the page says why.
 
 The journal is opened read-only: never written to nor migrated, and a campaign
 still running may go on writing it. How to read the plots: docs/report.md.
@@ -182,6 +190,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("journal", type=Path, help="the journal (SQLite), e.g. runs/journal.sqlite")
     report.add_argument(
         "--out", type=Path, required=True, metavar="OUTDIR", help="directory to write into"
+    )
+    report.add_argument(
+        "--no-importance",
+        action="store_true",
+        help="do not compute input importance (SHAP of a spectrum model fitted on the "
+        "journal's spectra, a few seconds); importance stored in the journal is still shown",
     )
     report.set_defaults(func=_report)
 
@@ -349,14 +363,15 @@ def _report(args: argparse.Namespace) -> int:
     from agent.report import write_report
 
     try:
-        files = write_report(args.journal, args.out)
+        files = write_report(args.journal, args.out, compute_importance=not args.no_importance)
     except JournalRefused as exc:
         print(f"sdl-agent: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"sdl-agent: cannot write the report into {args.out}: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {files.index} ({', '.join(p.name for p in files.images)} beside it)")
+    beside = [p.name for p in files.images] + ([files.table.name] if files.table else [])
+    print(f"wrote {files.index} ({', '.join(beside)} beside it)")
     return 0
 
 

@@ -8,8 +8,11 @@ which embeds the same images as ``data:`` URIs, so that one file can be mailed. 
 says how to read each plot.
 
 A journal that lacks something (an older one has no target spectrum or
-configuration in ``meta``; a strategy that does not report input importance)
-gives a report that says what is missing instead of failing.
+configuration in ``meta``) gives a report that says what is missing instead of
+failing. Input importance is the one a strategy stored in the journal, else
+the report computes it (:mod:`agent.report_importance`: SHAP values of a
+spectrum model trained on the journal's median spectra), else the page says
+why there is none.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.explain import importance_table
 from agent.journal import Journal, JournalRefused
 
 __all__ = [
@@ -100,7 +104,12 @@ class Target:
 
 @dataclass
 class CampaignRecord:
-    """Everything a report shows, read from one journal."""
+    """Everything a report shows, read from one journal.
+
+    ``importance`` is (round, output -> input -> value): stored by a strategy, or
+    filled in by :func:`write_report` (``importance_computed``); ``importance_about``
+    says what it is, ``importance_missing`` why there is none.
+    """
 
     path: Path
     campaign_id: str
@@ -122,6 +131,10 @@ class CampaignRecord:
     replicates_received: int
     replicates_refused: dict[str, int]
     missing: list[str] = field(default_factory=list)
+    config: dict[str, Any] | None = None
+    importance_about: str = ""
+    importance_computed: bool = False
+    importance_missing: str | None = None
 
     @property
     def complete(self) -> list[ConditionRow]:
@@ -143,6 +156,14 @@ class CampaignRecord:
         """Strategy tags in order of first use."""
         return list(dict.fromkeys(c.strategy for c in self.conditions))
 
+    @property
+    def importance_inputs(self) -> list[str]:
+        """The parameters every output of :attr:`importance` has a value for, in order."""
+        if self.importance is None:
+            return []
+        outputs = self.importance[1].values()
+        return [n for n in self.parameters if all(n in v for v in outputs)]
+
 
 @dataclass(frozen=True)
 class Plot:
@@ -160,6 +181,7 @@ class ReportFiles:
 
     index: Path
     images: tuple[Path, ...]
+    table: Path | None = None
 
 
 def read_campaign(path: Path | str) -> CampaignRecord:
@@ -177,9 +199,19 @@ def read_campaign(path: Path | str) -> CampaignRecord:
             raise JournalRefused(f"journal {path} cannot be read back: {exc!r}") from None
 
 
-def write_report(journal: Path | str, out_dir: Path | str) -> ReportFiles:
-    """Write the report of ``journal`` into ``out_dir``: one PNG per plot and
-    ``index.html`` with the same images embedded.
+def write_report(
+    journal: Path | str, out_dir: Path | str, *, compute_importance: bool = True
+) -> ReportFiles:
+    """Write the report of ``journal`` into ``out_dir``: one PNG per plot,
+    ``index.html`` with the same images embedded, and ``input_importance.csv``
+    when there is input importance.
+
+    Args:
+        journal: the journal's path.
+        out_dir: where to write (created if need be).
+        compute_importance: when the journal holds no input importance, compute
+            it (:func:`agent.report_importance.model_importance`, a few seconds);
+            False skips that and the page says so.
 
     Raises:
         JournalRefused: the journal is missing or unreadable (nothing is written).
@@ -189,6 +221,8 @@ def write_report(journal: Path | str, out_dir: Path | str) -> ReportFiles:
     from agent.report_html import render_html
 
     record = read_campaign(journal)
+    if record.importance is None:
+        _add_model_importance(record, compute_importance)
     figures = report_plots.draw_all(record)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,9 +231,36 @@ def write_report(journal: Path | str, out_dir: Path | str) -> ReportFiles:
         p = out / fig.name
         p.write_bytes(fig.png)
         images.append(p)
+    table = None
+    if record.importance is not None and record.importance_inputs:
+        table = out / "input_importance.csv"
+        table.write_text(
+            importance_table(record.importance[1], record.importance_inputs), encoding="utf-8"
+        )
     index = out / "index.html"
     index.write_text(render_html(record, figures), encoding="utf-8")
-    return ReportFiles(index, tuple(images))
+    return ReportFiles(index, tuple(images), table)
+
+
+def _add_model_importance(record: CampaignRecord, compute: bool) -> None:
+    """Fill in the record's input importance from a model fitted on its spectra, or
+    the one sentence that says why there is none."""
+    if not compute:
+        record.importance_missing = (
+            "Not computed: skipped on request (sdl-agent report --no-importance), and no "
+            "strategy of this campaign stored input importance in the journal."
+        )
+        return
+    from agent.report_importance import ImportanceMissing, model_importance
+
+    try:
+        found = model_importance(record)
+    except ImportanceMissing as exc:
+        record.importance_missing = str(exc)
+        return
+    record.importance = (None, found.values)
+    record.importance_about = found.describe()
+    record.importance_computed = True
 
 
 # --- reading ---------------------------------------------------------------------
@@ -322,6 +383,10 @@ def _read(j: Journal, path: Path) -> CampaignRecord:
         )
 
     importance = _latest_importance(j, names)
+    about = ""
+    if importance is not None:
+        when = f"round {importance[0]}" if importance[0] is not None else "its last report"
+        about = f"As the strategy reported it to the journal ({when}), per predicted output."
 
     received = j.count("replicates")
     refused = {
@@ -353,6 +418,8 @@ def _read(j: Journal, path: Path) -> CampaignRecord:
         replicates_received=int(received),
         replicates_refused=refused,
         missing=missing,
+        config=config,
+        importance_about=about,
     )
 
 

@@ -11,6 +11,7 @@ import datetime as dt
 import html
 import math
 
+from agent.explain import importance_table
 from agent.report import CampaignRecord, Plot
 
 __all__ = ["render_html"]
@@ -73,12 +74,12 @@ def render_html(record: CampaignRecord, figures: list[Plot]) -> str:
             f'<figure><img src="data:image/png;base64,{data}" alt="{e(fig.title)}">'
             f"<figcaption>{e(fig.caption)}</figcaption></figure>"
         )
-    if record.importance is None:
+        if fig.name == "importance.png" and record.importance is not None:
+            parts.append(_importance_rows(record))
+    if not any(fig.name == "importance.png" for fig in figures):
         parts.append("<h2>Input importance</h2>")
-        parts.append(
-            "<p>Not available: no round of this campaign reported input importance "
-            "(the two-step spectrum-model strategy does; see <code>docs/report.md</code>).</p>"
-        )
+        reason = record.importance_missing or "Not available."
+        parts.append(f"<p>{e(reason)} See <code>docs/report.md</code>.</p>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -182,6 +183,16 @@ def _widened(r: CampaignRecord) -> list[str]:
         for p in r.parameters
         if p in first and p in r.final_box and first[p] != r.final_box[p]
     ]
+
+
+def _importance_rows(r: CampaignRecord) -> str:
+    """The importance table (as ``input_importance.csv``), most important input first."""
+    assert r.importance is not None
+    outputs = r.importance[1]
+    rows = [line.split(",") for line in importance_table(outputs, r.importance_inputs).splitlines()]
+    units = {"loss": "mean |SHAP|, predicted loss", "peak_nm": "mean |SHAP|, predicted peak (nm)"}
+    rows[0] = ["input", *(units.get(o, o) for o in outputs)]
+    return _table(rows, header=True)
 
 
 def _table(rows: list[list[str]], header: bool = False) -> str:

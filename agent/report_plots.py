@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from agent.explain import importance_figure
 from agent.report import CampaignRecord, ConditionRow, Plot
 
 __all__ = [
@@ -35,14 +36,14 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
 def draw_all(record: CampaignRecord) -> list[Plot]:
-    """Every plot the record has data for (input importance only when reported)."""
+    """Every plot the record has data for (input importance only when the record has it)."""
     plots: list[Callable[[CampaignRecord], Plot]] = [
         plot_best_loss,
         plot_spectra,
         plot_parameters,
         plot_replicates,
     ]
-    if record.importance is not None:
+    if record.importance is not None and record.importance_inputs:
         plots.append(plot_importance)
     return [p(record) for p in plots]
 
@@ -258,26 +259,20 @@ def plot_replicates(record: CampaignRecord) -> Plot:
 
 
 def plot_importance(record: CampaignRecord) -> Plot:
-    """Input importance as a strategy last reported it: one panel per output."""
+    """Input importance, stored by a strategy or computed by the report: one panel per
+    predicted output (the figure of :func:`agent.explain.importance_figure`)."""
     assert record.importance is not None
     rnd, outputs = record.importance
-    n = max(len(v) for v in outputs.values())
-    fig = Figure(figsize=(8.0, 0.4 * n + 1.3), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, len(outputs), squeeze=False)[0]
-    for ax, (output, imp) in zip(axes, outputs.items(), strict=True):
-        order = sorted(imp, key=lambda k: imp[k])
-        ax.barh(order, [imp[k] for k in order], color="#3182bd")
-        ax.set_xlabel(output if output != "importance" else "importance")
-        ax.grid(alpha=0.3, axis="x")
-    when = f"round {rnd}" if rnd is not None else "last report"
-    fig.suptitle(f"{record.campaign_id}: input importance ({when})", fontsize=11)
-    return _plot(
-        fig,
-        "importance.png",
-        "Input importance",
-        f"How much each input moves the model's prediction ({when}), as the strategy "
-        "reported it; one panel per predicted output, in its units.",
+    if record.importance_computed:
+        when = "SHAP of the report's spectrum model"
+    else:
+        when = f"round {rnd}" if rnd is not None else "last report"
+    fig = importance_figure(
+        outputs,
+        record.importance_inputs,
+        title=f"{record.campaign_id}: input importance ({when})",
     )
+    return _plot(fig, "importance.png", "Input importance", record.importance_about)
 
 
 # --- helpers ---------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 The journal is written by the offline toy campaign through the same seam the
 runtime uses (:class:`JournalledLab`); the report runs as its own process.
+
+Runtime: ~25 s, of which ~8 s the input importance the report computes (a fit
+of the spectrum model and shap's import, in a process of its own and in this one).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -25,9 +29,11 @@ from matplotlib.image import imread
 from agent.core.campaign import Campaign
 from agent.core.strategies.base import Batch
 from agent.core.strategies.lhs import LatinHypercube
+from agent.core.strategies.spectrum_model import ModelDiverged, SpectrumEnsemble
 from agent.core.testing import TOY_GRID, TOY_TARGET, ToyLab, toy_settings
 from agent.journal import Journal, JournalError, run_meta
 from agent.report import read_campaign, write_report
+from agent.report_importance import MIN_CONDITIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 PLOTS = ("best_loss.png", "spectra.png", "parameters.png", "replicates.png")
@@ -113,7 +119,7 @@ def test_report_writes_pngs_and_one_html_page_that_embeds_them(journal, tmp_path
         image = imread(out / name)  # decodes, or raises
         assert image.shape[0] >= 300 and image.shape[1] >= 600
         assert float(np.std(image[..., :3])) > 0.05  # something is drawn
-    assert not (out / "importance.png").exists()
+    assert not (out / "importance.png").exists() and not (out / "input_importance.csv").exists()
     page = (out / "index.html").read_text(encoding="utf-8")
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(embedded) == len(PLOTS)
@@ -126,7 +132,10 @@ def test_report_writes_pngs_and_one_html_page_that_embeds_them(journal, tmp_path
     assert "max_rounds" in page and "15 proposed: 15 complete" in page
     assert "<td>3</td><td>lhs</td><td>5</td><td>0</td>" in page  # the rounds table
     assert f"<td>{best_loss:.4f}</td></tr>" in page  # best so far, last round
-    assert "Input importance</h2>\n<p>Not available" in page
+    assert (  # 15 conditions: too few for the report to fit its own spectrum model
+        "Input importance</h2>\n<p>Not available: 15 complete conditions with a median spectrum "
+        f"on the target&#x27;s grid, and the report fits its spectrum model from {MIN_CONDITIONS}"
+    ) in page
     assert "Not in this journal" not in page
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before  # read, never written
 
@@ -154,7 +163,8 @@ def test_an_older_journal_without_target_or_config_still_gets_a_report(tmp_path)
     page = files.index.read_text(encoding="utf-8")
     assert "Not in this journal: the campaign configuration" in page
     assert "the target spectrum" in page
-    assert len(files.images) == len(PLOTS)
+    assert "Not available: the journal holds no campaign configuration" in page
+    assert len(files.images) == len(PLOTS) and files.table is None
 
 
 @pytest.mark.parametrize(
@@ -178,7 +188,10 @@ def test_input_importance_is_plotted_when_a_strategy_reports_it(tmp_path, report
     files = write_report(path, tmp_path / "r")
     assert (tmp_path / "r" / "importance.png") in files.images
     assert imread(tmp_path / "r" / "importance.png").shape[0] > 100
-    assert "Input importance</h2>\n<figure>" in files.index.read_text(encoding="utf-8")
+    page = files.index.read_text(encoding="utf-8")
+    assert "Input importance</h2>\n<figure>" in page
+    assert "As the strategy reported it to the journal (round 2)" in page
+    assert files.table is not None and files.table.read_text().splitlines()[1].startswith("a,")
 
 
 def test_input_importance_journalled_as_a_note_is_found(tmp_path):
@@ -285,5 +298,83 @@ def test_a_run_stores_its_config_and_target_in_the_journal():
 def test_help_says_what_the_report_writes():
     proc = sdl_agent("report", "--help")
     assert proc.returncode == 0
-    for word in ("best_loss.png", "parameters.png", "index.html", "read", "exit status"):
+    words = ("best_loss.png", "parameters.png", "index.html", "read", "exit status")
+    for word in (*words, "input_importance.csv", "--no-importance", f"{MIN_CONDITIONS} complete"):
         assert word in proc.stdout
+
+
+# --- input importance the report computes -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def enough(tmp_path_factory) -> Path:
+    """A journal of exactly MIN_CONDITIONS complete conditions, with spectra."""
+    path = tmp_path_factory.mktemp("enough") / "journal.sqlite"
+    write_journal(path, meta=toy_meta(), rounds=4, batch_size=MIN_CONDITIONS // 4)
+    assert len(read_campaign(path).complete) == MIN_CONDITIONS
+    return path
+
+
+def test_the_report_computes_input_importance_from_the_journal_spectra(enough, tmp_path):
+    out = tmp_path / "r"
+    proc = sdl_agent("report", str(enough), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "importance.png" in proc.stdout and "input_importance.csv" in proc.stdout
+    assert imread(out / "importance.png").shape[1] >= 600
+    header, *rows = (out / "input_importance.csv").read_text().splitlines()
+    assert header == "input,loss,peak_nm"
+    table = {r.split(",")[0]: [float(v) for v in r.split(",")[1:]] for r in rows}
+    assert sorted(table) == ["a", "b"]
+    assert all(math.isfinite(v) and v >= 0 for v in table["a"] + table["b"])
+    # the toy spectrum moves with a alone (its loss 0.023 against b's 0.005), and its peak
+    # never leaves 420 nm whatever the recipe
+    assert rows[0].startswith("a,") and table["a"][0] > 3 * table["b"][0]
+    assert table["a"][1] == table["b"][1] == 0.0
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == len(PLOTS) + 1
+    assert (
+        "predicted peak wavelength (nm) of a spectrum model (5 small neural networks) that the "
+        f"report trained on the journal&#x27;s median spectra of {MIN_CONDITIONS} complete "
+        "conditions"
+    ) in page
+    assert f"<tr><td>a</td><td>{rows[0].split(',')[1]}</td>" in page  # the table, as the CSV
+    # deterministic: the same journal gives the same numbers in another process
+    again = write_report(enough, tmp_path / "again")
+    assert (
+        again.table is not None
+        and again.table.read_text() == (out / "input_importance.csv").read_text()
+    )
+
+
+def test_no_importance_skips_it_and_the_page_says_so(enough, tmp_path):
+    out = tmp_path / "r"
+    proc = sdl_agent("report", str(enough), "--out", str(out), "--no-importance")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted([*PLOTS, "index.html"])
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "Input importance</h2>\n<p>Not computed: skipped on request (sdl-agent report " in page
+
+
+@pytest.mark.parametrize(
+    ("breaks", "says"),
+    [
+        (lambda mp: mp.setitem(sys.modules, "shap", None), "pip install &#x27;.[explain]&#x27;"),
+        (
+            lambda mp: mp.setattr(
+                SpectrumEnsemble, "fit", lambda *a, **k: (_ for _ in ()).throw(
+                    ModelDiverged("non-finite loss in member 2 at epoch 7")
+                ),
+            ),
+            "could not be trained on this journal&#x27;s spectra (non-finite loss in member 2",
+        ),
+    ],
+    ids=["shap-missing", "fit-diverged"],
+)  # fmt: skip
+def test_without_shap_or_with_a_diverged_fit_the_page_says_why(
+    enough, tmp_path, monkeypatch, breaks, says
+):
+    breaks(monkeypatch)
+    files = write_report(enough, tmp_path / "r")
+    assert files.table is None and not (tmp_path / "r" / "importance.png").exists()
+    page = files.index.read_text(encoding="utf-8")
+    assert "Input importance</h2>\n<p>Not available: " in page and says in page
