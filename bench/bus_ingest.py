@@ -69,6 +69,8 @@ import zmq.asyncio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results import write_section  # noqa: E402
+
 from agent.config import CampaignConfig  # noqa: E402
 from agent.core.campaign import Campaign  # noqa: E402
 from agent.demo import find_free_base  # noqa: E402
@@ -80,8 +82,6 @@ from protocols.codec import decode, encode  # noqa: E402
 from protocols.sockets import Endpoints, configure  # noqa: E402
 
 CAMPAIGN = ROOT / "examples" / "agnp.toml"
-RESULTS = ROOT / "bench" / "RESULTS.md"
-BEGIN, END = "<!-- bus_ingest:begin -->", "<!-- bus_ingest:end -->"
 TIMEOUT = 300.0
 
 
@@ -597,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     log_file.close()
     os.unlink(log_file.name)
     if not args.no_write:
-        write_section(text)
+        write_section("bus_ingest", text)
     return 0
 
 
@@ -685,20 +685,6 @@ def _frame_kb() -> float:
     spectrum = np.full(421, 0.123456789012)
     frames = spectrum_frames(spectrum, 1, 1)[0][1][0]
     return sum(len(f) for f in frames) / 1000
-
-
-def write_section(text: str) -> None:
-    """Put ``text`` between this benchmark's markers in RESULTS.md (other sections untouched)."""
-    block = f"{BEGIN}\n{text}{END}\n"
-    current = RESULTS.read_text()
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        tail = tail.lstrip("\n")
-        new = head + block + ("\n" + tail if tail else "")
-    else:
-        new = current.rstrip("\n") + "\n\n" + block
-    RESULTS.write_text(new)
 
 
 if __name__ == "__main__":

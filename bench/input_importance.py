@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from results import write_section  # noqa: E402
 from spectrum_model import study_space, world_data  # noqa: E402
 
 from agent.config import CampaignConfig  # noqa: E402
@@ -34,8 +35,6 @@ from agent.core.strategies.spectrum_model import SpectrumEnsemble  # noqa: E402
 from agent.explain import explain_inputs, write_importance  # noqa: E402
 
 CAMPAIGN = ROOT / "examples" / "agnp.toml"
-RESULTS = ROOT / "bench" / "RESULTS.md"
-BEGIN, END = "<!-- input_importance:begin -->", "<!-- input_importance:end -->"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,16 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"wrote {csv} and {png}")
     if not args.no_write:
-        current = RESULTS.read_text()
-        block = f"{BEGIN}\n{text}{END}\n"
-        if BEGIN in current and END in current:
-            head, rest = current.split(BEGIN, 1)
-            _, tail = rest.split(END, 1)
-            tail = tail.lstrip("\n")
-            current = head + block + ("\n" + tail if tail else "")
-        else:
-            current = current.rstrip("\n") + "\n\n" + block
-        RESULTS.write_text(current)
+        write_section("input_importance", text)
     return 0
 
 

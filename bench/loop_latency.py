@@ -52,6 +52,8 @@ import zmq.asyncio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results import write_section  # noqa: E402
+
 from agent import runtime as runtime_module  # noqa: E402
 from agent.config import CampaignConfig  # noqa: E402
 from agent.core.campaign import Campaign  # noqa: E402
@@ -63,8 +65,6 @@ from protocols import messages as m  # noqa: E402
 from protocols.sockets import Endpoints  # noqa: E402
 
 CAMPAIGN = ROOT / "examples" / "agnp.toml"
-RESULTS = ROOT / "bench" / "RESULTS.md"
-BEGIN, END = "<!-- loop_latency:begin -->", "<!-- loop_latency:end -->"
 TARGET_P99_MS = 5.0
 
 
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(args, argv, samples, pieces, conds, load_start, os.getloadavg(), t_start)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("loop_latency", text)
     return 0
 
 
@@ -357,20 +357,6 @@ def report(args, argv, samples, pieces, conds, load_start, load_end, t_start) ->
                 + f" | {other:.2f} |"
             )
     return "\n".join(lines) + "\n"
-
-
-def write_section(text: str) -> None:
-    """Put ``text`` between this benchmark's markers in RESULTS.md (other sections untouched)."""
-    block = f"{BEGIN}\n{text}{END}\n"
-    current = RESULTS.read_text()
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        tail = tail.lstrip("\n")
-        new = head + block + ("\n" + tail if tail else "")
-    else:
-        new = current.rstrip("\n") + "\n\n" + block
-    RESULTS.write_text(new)
 
 
 if __name__ == "__main__":

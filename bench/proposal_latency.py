@@ -37,13 +37,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results import write_section  # noqa: E402
+
 from agent.core.space import Channel, ChannelMap, LinearConstraint, Parameter, Space  # noqa: E402
 from agent.core.strategies.base import Observations  # noqa: E402
 from agent.core.strategies.bo import LocalPenalizationEI, QLogNEI  # noqa: E402
 
 CAMPAIGN = ROOT / "examples" / "agnp.toml"
-RESULTS = ROOT / "bench" / "RESULTS.md"
-BEGIN, END = "<!-- proposal_latency:begin -->", "<!-- proposal_latency:end -->"
 BATCH = 15
 
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(rows, argv, (load_start, os.getloadavg()[0]))
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("proposal_latency", text)
     return 0
 
 
@@ -192,22 +192,6 @@ def report(rows: list[dict], argv: list[str] | None, load: tuple[float, float]) 
             f"{r['lp_reps']} | {r['q']:.2f} | {r['q_reps']} | {r['q'] / r['lp']:.1f}x |"
         )
     return "\n".join(lines) + "\n"
-
-
-def write_section(text: str) -> None:
-    """Put ``text`` between this benchmark's markers in RESULTS.md (other sections untouched)."""
-    block = f"{BEGIN}\n{text}{END}\n"
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n\nWhat was measured, how, and on what.\n\n")
-    current = RESULTS.read_text()
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        tail = tail.lstrip("\n")
-        new = head + block + ("\n" + tail if tail else "")
-    else:
-        new = current.rstrip("\n") + "\n\n" + block
-    RESULTS.write_text(new)
 
 
 if __name__ == "__main__":

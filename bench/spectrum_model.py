@@ -39,6 +39,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results import write_section  # noqa: E402
+
 from agent.config import CampaignConfig  # noqa: E402
 from agent.core.strategies.base import Observations  # noqa: E402
 from agent.core.strategies.bo import LocalPenalizationEI  # noqa: E402
@@ -48,8 +50,6 @@ from agent.core.strategies.two_step import TwoStep  # noqa: E402
 from drivers.world import agnp_world  # noqa: E402
 
 CAMPAIGN = ROOT / "examples" / "agnp.toml"
-RESULTS = ROOT / "bench" / "RESULTS.md"
-BEGIN, END = "<!-- spectrum_model:begin -->", "<!-- spectrum_model:end -->"
 BATCH = 15
 REGION = {"q_agno3": (0.5, 45.0), "q_tsc": (0.5, 30.0), "q_seed": (0.5, 20.0), "q_tot": (100, 1000)}
 
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(rows, argv, args, (load_start, os.getloadavg()[0]))
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("spectrum_model", text)
     return 0
 
 
@@ -190,20 +190,6 @@ def report(rows, argv, args, load: tuple[float, float]) -> str:
             "(the check of the two-step schedule asks for cosine >= 0.95 on the next round).",
         ]
     return "\n".join(lines) + "\n"
-
-
-def write_section(text: str) -> None:
-    """Put ``text`` between this benchmark's markers in RESULTS.md (other sections untouched)."""
-    block = f"{BEGIN}\n{text}{END}\n"
-    current = RESULTS.read_text()
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        tail = tail.lstrip("\n")
-        new = head + block + ("\n" + tail if tail else "")
-    else:
-        new = current.rstrip("\n") + "\n\n" + block
-    RESULTS.write_text(new)
 
 
 if __name__ == "__main__":
