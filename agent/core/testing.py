@@ -151,6 +151,10 @@ class ToyLab:
         recipe = self.c.conditions[condition].recipe
         return toy_spectrum(recipe) + self.noise * self.rng.standard_normal(TOY_GRID.n)
 
+    def label(self, condition: str) -> tuple[str, float] | None:
+        """The XRD's label for ``condition`` at once, or None to withhold it (a late label)."""
+        return "Ag-fcc", 0.9
+
     def step(self, event: Event | None, decisions: list[Decision], **kw: object) -> list[Decision]:
         self.record(event, decisions, **kw)
         self.log += decisions
@@ -196,7 +200,9 @@ class ToyLab:
                     )
             elif isinstance(d, SendAcquire):
                 queue += self.feed(AcquireAcked(d.cmd_id, True, "", self.now))
-                queue += self.feed(PhaseLabelIn(d.condition, "Ag-fcc", 0.9, self.now))
+                label = self.label(d.condition)
+                if label is not None:
+                    queue += self.feed(PhaseLabelIn(d.condition, *label, self.now))
             elif isinstance(d, SendSafeState):
                 queue += self.feed(SetpointAcked(d.cmd_id, True, "", self.now))
 

@@ -21,6 +21,7 @@ from agent.core.events import (
     Announce,
     DriverUp,
     Note,
+    PhaseLabelIn,
     RequestProposal,
     SendSetpoint,
     SpectrumIn,
@@ -93,6 +94,31 @@ def test_a_full_campaign_round_trips_through_the_journal(tmp_path):
         restored = Campaign.restore(settings, 3, j.facts())
         assert j.count("conditions") == 12 and j.count("rounds") == 3
         assert j.count("replicates") >= 12 * 3
+    same_state(restored, live)
+
+
+def test_late_labels_are_restored_on_their_condition_and_rejected_ones_stay_out(tmp_path):
+    from agent.core.phase import PhaseSettings
+
+    phase = PhaseSettings(required="Ag-fcc", phases=("Ag-fcc", "Ag2O"))
+    settings = toy_settings(rounds=2, batch_size=3, phase=phase)
+    live = Campaign(settings, seed=3)
+
+    class LateLab(JournalledLab):
+        def label(self, condition):
+            return None
+
+    with new_journal(tmp_path / "j.sqlite") as j:
+        lab = LateLab(live, j)
+        lab.run()
+        lab.feed(PhaseLabelIn("r01-c02", "Ag2O", 0.9, lab.now))  # a round late
+        lab.feed(PhaseLabelIn("r01-c03", "AgCl", 0.9, lab.now))  # unknown: rejected
+        lab.feed(PhaseLabelIn("r01-c02", "Ag-fcc", 0.6, lab.now))  # contradicts, less sure
+    with Journal.open(tmp_path / "j.sqlite", campaign_id="toy", config_hash="h" * 64) as j:
+        restored = Campaign.restore(settings, 3, j.facts())
+    assert restored.conditions["r01-c02"].labels == [("Ag2O", 0.9), ("Ag-fcc", 0.6)]
+    assert restored.conditions["r01-c03"].labels == []
+    np.testing.assert_array_equal(restored.observations.feasible, live.observations.feasible)
     same_state(restored, live)
 
 
