@@ -120,6 +120,17 @@ def test_late_labels_are_restored_on_their_condition_and_rejected_ones_stay_out(
     assert restored.conditions["r01-c03"].labels == []
     np.testing.assert_array_equal(restored.observations.feasible, live.observations.feasible)
     same_state(restored, live)
+    _, _, labels = export_csv(tmp_path / "j.sqlite", tmp_path / "csv")
+    rows = list(csv.DictReader(labels.read_text().splitlines()))
+    assert [(r["condition"], r["phase"], r["status"]) for r in rows] == [
+        ("r01-c02", "Ag2O", "accepted"),
+        ("r01-c03", "AgCl", "rejected"),
+        ("r01-c02", "Ag-fcc", "accepted"),
+    ]
+    assert "not one of" in rows[1]["reason"] and "contradicts Ag2O" in rows[2]["reason"]
+    text = (tmp_path / "csv" / "conditions.csv").read_text()
+    cond = {r["condition"]: r for r in csv.DictReader(text.splitlines())}
+    assert (cond["r01-c02"]["phase"], cond["r01-c03"]["phase"]) == ("Ag2O", "")
 
 
 def test_restore_at_every_step_matches_the_live_campaign_and_its_next_proposal(tmp_path):
@@ -287,7 +298,8 @@ def test_export_writes_one_row_per_condition_and_per_spectrum(tmp_path):
     with new_journal(tmp_path / "j.sqlite") as j:
         JournalledLab(c, j).run()
         n_spectra = j.count("replicates")
-    conditions, replicates = export_csv(tmp_path / "j.sqlite", tmp_path / "csv")
+    conditions, replicates, labels = export_csv(tmp_path / "j.sqlite", tmp_path / "csv")
+    assert len(list(csv.DictReader(labels.read_text().splitlines()))) == len(c.conditions)
     rows = list(csv.DictReader(conditions.read_text().splitlines()))
     assert [r["condition"] for r in rows] == list(c.conditions)
     for r in rows:

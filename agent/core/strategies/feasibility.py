@@ -55,6 +55,7 @@ from agent.core.strategies.base import Observations, StrategyError
 __all__ = ["FeasibilityModel", "fit_feasibility"]
 
 DTYPE = torch.float64
+_LABEL_NOISE: float | None = 0.2  # variance of a +-1 label (None: learned)
 _MIN_SIGMA = 1e-6
 
 
@@ -131,12 +132,13 @@ def fit_feasibility(space: Space, data: Observations, seed: int = 0) -> Feasibil
         return None
     u = torch.as_tensor(space.to_unit(np.asarray(data.x, float)[known]), dtype=DTYPE)
     y = torch.as_tensor(np.where(feas[known] > 0.5, 1.0, -1.0), dtype=DTYPE).unsqueeze(-1)
+    yvar = None if _LABEL_NOISE is None else torch.full_like(y, _LABEL_NOISE)
     with torch.random.fork_rng(), warnings.catch_warnings():
         torch.manual_seed(seed)
         # +-1 labels are on their own fixed scale: not standardised on purpose
         warnings.simplefilter("ignore", InputDataWarning)
         try:
-            model = SingleTaskGP(u, y, outcome_transform=None)
+            model = SingleTaskGP(u, y, yvar, outcome_transform=None)
             fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
         except (ModelFittingError, NotPSDError, NanError, RuntimeError, ValueError) as exc:
             raise StrategyError(f"feasibility GP fit failed: {type(exc).__name__}: {exc}") from exc
