@@ -3,9 +3,10 @@ r"""The feasibility model: where the required solid phase forms, as a probabilit
 A GP on a latent feasibility outcome, the way BoTorch's constrained
 acquisitions treat an outcome constraint: each labelled recipe gives
 ``y = +1`` (the required phase, confident enough) or ``y = -1`` (anything
-else); a :class:`~botorch.models.SingleTaskGP` (noise learned: labels near the
-boundary disagree) is fitted to ``y`` over the current box (inputs normalised to it, no outcome
-transform, a learned constant mean), and a recipe is feasible when the
+else); a :class:`~botorch.models.SingleTaskGP` is fitted to ``y`` over the
+current box (inputs normalised to it, no outcome transform, a fixed label noise
+variance of 0.2, a linear prior mean so that the measured trend carries past
+the labels, e.g. into a newly widened box), and a recipe is feasible when the
 latent ``g(x) > 0``::
 
     P(feasible | x) = Phi(mu(x) / sigma(x))        (probit of the latent posterior)
@@ -46,6 +47,7 @@ from botorch.exceptions.errors import ModelFittingError
 from botorch.exceptions.warnings import InputDataWarning
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
+from gpytorch.means import LinearMean
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from linear_operator.utils.errors import NanError, NotPSDError
 
@@ -56,6 +58,7 @@ __all__ = ["FeasibilityModel", "fit_feasibility"]
 
 DTYPE = torch.float64
 _LABEL_NOISE: float | None = 0.2  # variance of a +-1 label (None: learned)
+_LINEAR_MEAN = True  # a linear prior mean: the trend carries past the measured region
 _MIN_SIGMA = 1e-6
 
 
@@ -138,7 +141,8 @@ def fit_feasibility(space: Space, data: Observations, seed: int = 0) -> Feasibil
         # +-1 labels are on their own fixed scale: not standardised on purpose
         warnings.simplefilter("ignore", InputDataWarning)
         try:
-            model = SingleTaskGP(u, y, yvar, outcome_transform=None)
+            mean = LinearMean(u.shape[-1]).to(DTYPE) if _LINEAR_MEAN else None
+            model = SingleTaskGP(u, y, yvar, outcome_transform=None, mean_module=mean)
             fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
         except (ModelFittingError, NotPSDError, NanError, RuntimeError, ValueError) as exc:
             raise StrategyError(f"feasibility GP fit failed: {type(exc).__name__}: {exc}") from exc
