@@ -558,9 +558,12 @@ class Campaign:
             case ConditionRetried():
                 self._restored(fact.condition).timeouts += 1
             case PhaseLabelled():
-                rec = self._restored(fact.condition)
-                if label_problem(fact.phase, fact.confidence, self.settings.phase) is None:
-                    rec.labels.append((fact.phase, fact.confidence))  # a rejected one stays out
+                # a label the campaign rejected (unknown condition or phase, bad
+                # confidence) is journalled as input but stays out, as it did live
+                rec = self.conditions.get(fact.condition)
+                ok = label_problem(fact.phase, fact.confidence, self.settings.phase) is None
+                if rec is not None and ok:
+                    rec.labels.append((fact.phase, fact.confidence))
             case ConditionOutcome():
                 self._replay_outcome(fact)
             case _:

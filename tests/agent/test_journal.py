@@ -113,6 +113,7 @@ def test_late_labels_are_restored_on_their_condition_and_rejected_ones_stay_out(
         lab.run()
         lab.feed(PhaseLabelIn("r01-c02", "Ag2O", 0.9, lab.now))  # a round late
         lab.feed(PhaseLabelIn("r01-c03", "AgCl", 0.9, lab.now))  # unknown: rejected
+        lab.feed(PhaseLabelIn("r09-c01", "Ag-fcc", 0.9, lab.now))  # no such condition
         lab.feed(PhaseLabelIn("r01-c02", "Ag-fcc", 0.6, lab.now))  # contradicts, less sure
     with Journal.open(tmp_path / "j.sqlite", campaign_id="toy", config_hash="h" * 64) as j:
         restored = Campaign.restore(settings, 3, j.facts())
@@ -125,9 +126,11 @@ def test_late_labels_are_restored_on_their_condition_and_rejected_ones_stay_out(
     assert [(r["condition"], r["phase"], r["status"]) for r in rows] == [
         ("r01-c02", "Ag2O", "accepted"),
         ("r01-c03", "AgCl", "rejected"),
+        ("r09-c01", "Ag-fcc", "rejected"),
         ("r01-c02", "Ag-fcc", "accepted"),
     ]
-    assert "not one of" in rows[1]["reason"] and "contradicts Ag2O" in rows[2]["reason"]
+    assert "not one of" in rows[1]["reason"] and rows[2]["reason"] == "unknown condition"
+    assert "contradicts Ag2O" in rows[3]["reason"]
     text = (tmp_path / "csv" / "conditions.csv").read_text()
     cond = {r["condition"]: r for r in csv.DictReader(text.splitlines())}
     assert (cond["r01-c02"]["phase"], cond["r01-c03"]["phase"]) == ("Ag2O", "")
