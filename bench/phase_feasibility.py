@@ -170,13 +170,24 @@ def report(runs: dict[str, list[dict]], how: str) -> str:
     if {"with", "without"} <= summary.keys():
         (w_with, b_with), (w_wo, b_wo) = summary["with"], summary["without"]
         ratio = w_with / w_wo if w_wo > 0 else math.nan
+        by_seed = {r["seed"]: r for r in runs["without"]}
+        pairs = [(r, by_seed[r["seed"]]) for r in runs["with"] if r["seed"] in by_seed]
+        diff = [a["best_feasible_by_round"][rounds - 1] - b["best_feasible_by_round"][rounds - 1]
+                for a, b in pairs]  # fmt: skip
+        fewer = sum(
+            np.mean(a["wrong_by_round"][AFTER:rounds]) < np.mean(b["wrong_by_round"][AFTER:rounds])
+            for a, b in pairs
+        )
         lines += [
             "",
             f"Wrong-phase share after round {AFTER}: {w_with:.3f} with the feasibility model "
             f"against {w_wo:.3f} without (ratio {ratio:.2f}; target <= 0.5: "
-            f"{'met' if ratio <= 0.5 else 'not met'}). Best feasible loss after round "
-            f"{rounds}: {b_with:.3f} against {b_wo:.3f} (target no worse: "
-            f"{'met' if b_with <= b_wo + 1e-9 else 'not met'}).",
+            f"{'met' if ratio <= 0.5 else 'not met'}); fewer in {fewer} of {len(pairs)} seeds "
+            f"paired by seed. Best feasible loss after round {rounds} (median): {b_with:.4f} "
+            f"against {b_wo:.4f} (target no worse: "
+            f"{'met' if b_with <= b_wo + 1e-9 else 'not met'}); paired by seed lower in "
+            f"{sum(d < -1e-4 for d in diff)}, higher in {sum(d > 1e-4 for d in diff)} "
+            f"(worst {max(diff):+.4f}), median difference {float(np.median(diff)):+.4f}.",
         ]
     return "\n".join(lines) + "\n"
 
