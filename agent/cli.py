@@ -25,7 +25,7 @@ examples:
   sdl-agent run examples/agnp.toml --set stop.max_rounds=8
   sdl-agent run examples/agnp.toml --resume        # carry on from runs/journal.sqlite
   sdl-agent monitor --connect lab-pc:5562          # watch it from anywhere (read-only)
-  sdl-agent export runs/journal.sqlite --csv out/  # conditions.csv, replicates.csv
+  sdl-agent export runs/journal.sqlite --csv out/  # conditions.csv, replicates.csv, labels.csv
   sdl-agent report runs/journal.sqlite --out report/  # PNG plots + report/index.html
   sdl-agent driver pump --connect tcp://127.0.0.1:5560
   sdl-agent validate examples/agnp.toml
@@ -174,8 +174,8 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser(
         "export",
         help="write a journal's conditions and replicates as CSV",
-        description="Read a campaign journal (never written to) and write conditions.csv and "
-        "replicates.csv into OUTDIR.",
+        description="Read a campaign journal (never written to) and write conditions.csv, "
+        "labels.csv and replicates.csv into OUTDIR.",
     )
     export.add_argument("journal", type=Path, help="the journal (SQLite)")
     export.add_argument("--csv", type=Path, required=True, metavar="OUTDIR")

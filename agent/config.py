@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agent.core.campaign import CampaignSettings
 from agent.core.objective import AgnpLoss
+from agent.core.phase import PhaseSettings
 from agent.core.replicates import Grid, ReplicateSettings
 from agent.core.space import Channel, ChannelMap, LinearConstraint, Parameter, Space
 from agent.core.stopping import (
@@ -85,6 +86,26 @@ class ObjectiveConfig(_Section):
     def grid(self) -> Grid:
         n = round((self.wl_stop - self.wl_start) / self.wl_step) + 1
         return Grid(self.wl_start, self.wl_step, n)
+
+
+class PhaseConfig(_Section):
+    """``[phase]``: the solid phase a recipe must make, and how labels are treated."""
+
+    required: Name | None = None
+    min_confidence: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    phases: list[Name] = []
+    label_timeout_s: Pos = 3600.0
+    feasibility: bool = True
+    p_floor: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+
+    @model_validator(mode="after")
+    def _check(self) -> PhaseConfig:
+        if self.required is not None and self.phases and self.required not in self.phases:
+            raise ValueError(f"required phase {self.required!r} is not in phases")
+        return self
+
+    def build(self) -> PhaseSettings:
+        return PhaseSettings(**{**self.model_dump(), "phases": tuple(self.phases)})
 
 
 class ReplicatesConfig(_Section):
@@ -307,6 +328,7 @@ class CampaignConfig(_Section):
     campaign: CampaignSection = CampaignSection()
     objective: ObjectiveConfig
     replicates: ReplicatesConfig = ReplicatesConfig()
+    phase: PhaseConfig = PhaseConfig()
     strategy: StrategyConfig = StrategyConfig()
     stop: StopConfig = StopConfig()
     parameters: list[ParameterConfig] = Field(min_length=1)
@@ -429,6 +451,7 @@ class CampaignConfig(_Section):
             label_role="xrd" if "xrd" in self.drivers.required else None,
             heartbeat_timeout_s=self.drivers.heartbeat_timeout_s,
             settle_timeout_s=self.drivers.settle_timeout_s,
+            phase=self.phase.build(),
         )
 
 

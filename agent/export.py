@@ -1,4 +1,5 @@
-"""``sdl-agent export``: a campaign journal as CSV (``conditions.csv``, ``replicates.csv``).
+"""``sdl-agent export``: a campaign journal as CSV (``conditions.csv``, ``replicates.csv``,
+``labels.csv``).
 
 Reads only; see ``docs/journal.md`` for the columns.
 """
@@ -13,7 +14,71 @@ import numpy as np
 
 from agent.journal import Journal
 
-__all__ = ["condition_columns", "export_csv"]
+__all__ = ["LABEL_COLUMNS", "chosen_labels", "condition_columns", "export_csv", "journal_labels"]
+
+#: ``labels.csv``: every phase label received, in order, with what became of it
+LABEL_COLUMNS = ["seq", "at", "condition", "phase", "confidence", "status", "reason"]
+
+
+def journal_labels(j: Journal) -> list[dict[str, object]]:
+    """Every phase label in the journal, in arrival order, as ``LABEL_COLUMNS`` rows.
+
+    ``status``: ``accepted`` (attached to its condition), ``rejected`` (with the
+    campaign's reason: unknown condition or phase, confidence outside [0, 1]),
+    or ``unlabelled`` (no label came within the label timeout; phase empty).
+    The campaign journals a label's input and then its verdict note.
+    """
+    rows: list[dict[str, object]] = []
+    pending: dict[str, object] | None = None
+    for seq, at, what, kind, cid, body in j.query(
+        "SELECT seq, at, what, kind, condition, body FROM events WHERE "
+        "(what = 'input' AND kind = 'phase_label') OR "
+        "(what = 'note' AND kind IN ('phase_label', 'message_rejected', 'phase_unlabelled')) "
+        "ORDER BY seq"
+    ):
+        b = json.loads(body)
+        if what == "input":
+            pending = {
+                "seq": seq,
+                "at": at,
+                "condition": cid or b.get("condition", ""),
+                "phase": b["phase"],
+                "confidence": float(b["confidence"]),
+                "status": "accepted",
+                "reason": "",
+            }
+            rows.append(pending)
+        elif kind == "phase_unlabelled":
+            rows.append(
+                {
+                    "seq": seq,
+                    "at": at,
+                    "condition": cid,
+                    "phase": "",
+                    "confidence": "",
+                    "status": "unlabelled",
+                    "reason": f"no label within {b.get('timeout_s', '?')} s",
+                }
+            )
+        elif pending is not None:
+            if kind == "message_rejected" and b.get("kind") == "phase_label":
+                pending["status"], pending["reason"] = "rejected", b.get("reason", "")
+            elif kind == "phase_label" and "contradicts" in b:
+                pending["reason"] = f"contradicts {b['contradicts']}; using {b.get('using')}"
+            pending = None
+    return rows
+
+
+def chosen_labels(rows: list[dict[str, object]]) -> dict[str, tuple[str, float]]:
+    """Condition -> the label the campaign uses: the most confident accepted one."""
+    out: dict[str, tuple[str, float]] = {}
+    for r in rows:
+        if r["status"] != "accepted":
+            continue
+        cid, phase, conf = str(r["condition"]), str(r["phase"]), float(r["confidence"])  # type: ignore[arg-type]
+        if cid not in out or conf > out[cid][1]:
+            out[cid] = (phase, conf)
+    return out
 
 
 def condition_columns(names: list[str]) -> list[str]:
@@ -34,9 +99,11 @@ def condition_columns(names: list[str]) -> list[str]:
     ]
 
 
-def export_csv(path: Path | str, out_dir: Path | str) -> tuple[Path, Path]:
-    """Write ``conditions.csv`` (one row per condition, the run's own columns) and
-    ``replicates.csv`` (one row per spectrum received: verdict, loss, absorbances).
+def export_csv(path: Path | str, out_dir: Path | str) -> tuple[Path, Path, Path]:
+    """Write ``conditions.csv`` (one row per condition, the run's own columns; the
+    phase is the label used), ``replicates.csv`` (one row per spectrum received:
+    verdict, loss, absorbances) and ``labels.csv`` (every phase label received,
+    see :func:`journal_labels`).
 
     Raises:
         JournalRefused: the journal is missing or unreadable.
@@ -45,15 +112,12 @@ def export_csv(path: Path | str, out_dir: Path | str) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     with Journal.open(path, read_only=True) as j:
         names = json.loads(j.meta["parameters"])
-        labels: dict[str, tuple[str, float]] = {}
-        for cid, body in j.query(
-            "SELECT condition, body FROM events WHERE what = 'input' AND kind = 'phase_label' "
-            "ORDER BY seq"
-        ):
-            b = json.loads(body)
-            best = labels.get(cid)
-            if best is None or float(b["confidence"]) > best[1]:
-                labels[cid] = (b["phase"], float(b["confidence"]))
+        label_rows = journal_labels(j)
+        labels = chosen_labels(label_rows)
+        with (out / "labels.csv").open("w", newline="", encoding="utf-8") as fh:
+            lw = csv.DictWriter(fh, LABEL_COLUMNS)
+            lw.writeheader()
+            lw.writerows(label_rows)
         started = {r[0] for r in j.query("SELECT DISTINCT condition FROM setpoints")}
         conditions = out / "conditions.csv"
         with conditions.open("w", newline="", encoding="utf-8") as fh:
@@ -141,4 +205,4 @@ def export_csv(path: Path | str, out_dir: Path | str) -> tuple[Path, Path]:
                 )
             if not header_done:
                 w.writerow(["seq", "condition", "attempt", "replicate", "source", "verdict"])
-    return conditions, replicates
+    return conditions, replicates, out / "labels.csv"

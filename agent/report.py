@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from agent.explain import importance_table
+from agent.export import chosen_labels, journal_labels
 from agent.journal import Journal, JournalRefused
 
 __all__ = [
@@ -289,14 +290,7 @@ def _read(j: Journal, path: Path) -> CampaignRecord:
         wl = float(t["wl_start"]) + float(t["wl_step"]) * np.arange(values.size)
         target = Target(wl, values)
 
-    labels: dict[str, tuple[str, float]] = {}
-    for cid, body in j.query(
-        "SELECT condition, body FROM events WHERE what = 'input' AND kind = 'phase_label' "
-        "ORDER BY seq"
-    ):
-        b = json.loads(body)
-        if cid is not None and (cid not in labels or float(b["confidence"]) > labels[cid][1]):
-            labels[cid] = (str(b["phase"]), float(b["confidence"]))
+    labels = chosen_labels(journal_labels(j))  # rejected labels left out
 
     reps = _replicate_losses(j)
     started = {r[0] for r in j.query("SELECT DISTINCT condition FROM setpoints")}

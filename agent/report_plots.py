@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from agent.explain import importance_figure
 from agent.report import CampaignRecord, ConditionRow, Plot
+from agent.report_phase import plot_phase_map
 
 __all__ = [
     "draw_all",
@@ -45,7 +46,9 @@ def draw_all(record: CampaignRecord) -> list[Plot]:
     ]
     if record.importance is not None and record.importance_inputs:
         plots.append(plot_importance)
-    return [p(record) for p in plots]
+    out = [p(record) for p in plots]
+    phase_map = plot_phase_map(record)  # None without phase labels
+    return out if phase_map is None else [*out, phase_map]
 
 
 def plot_best_loss(record: CampaignRecord) -> Plot:

@@ -57,7 +57,8 @@ def test_demo_runs_two_rounds_and_writes_its_csv(tmp_path):
     assert all(rec["campaign_id"] == "agnp-demo" for rec in log)
     assert any(rec["event"] == "campaign_stopped" and rec["rule"] == "max_rounds" for rec in log)
     page = (out / "report" / "index.html").read_text(encoding="utf-8")  # the demo ends with it
-    assert page.count('src="data:image/png;base64,') == 5  # with input importance (SHAP)
+    assert page.count('src="data:image/png;base64,') == 6  # input importance (SHAP), phase map
+    assert (out / "report" / "phase_map.png").exists()
     importance = (out / "report" / "input_importance.csv").read_text().splitlines()
     assert importance[0] == "input,loss,peak_nm" and len(importance) == 6  # 5 inputs
     assert "Not in this journal" not in page  # the run stored its config and target

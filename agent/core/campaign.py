@@ -66,6 +66,7 @@ from agent.core.history import (
     SetpointAnswered,
     SetpointSent,
 )
+from agent.core.phase import PhaseSettings, chosen_label, feasible_value, label_problem
 from agent.core.replicates import ConditionReplicates, Grid, Rejected, ReplicateSettings
 from agent.core.space import Space
 from agent.core.stopping import Progress, StopReason, StopRule
@@ -124,6 +125,7 @@ class Result:
     loss_sd: float = math.nan
     spectrum: np.ndarray | None = None
     n_used: int = 1
+    phase: tuple[str, float] | None = None  # (phase, confidence), when labelled already
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ class CampaignSettings:
     settle_timeout_s: float = 60.0
     resend_initial_s: float = 0.25
     resend_max_s: float = 5.0
+    phase: PhaseSettings = field(default_factory=PhaseSettings)
 
 
 @dataclass
@@ -177,11 +180,12 @@ class ConditionRecord:
     timeouts: int = 0  # attempts that stalled (the retry budget counts these)
     n_requested: int = 0  # droplets asked of the spectrometer in this attempt
     n_commands: int = 0  # acquire commands sent in this attempt
+    unlabelled: bool = False  # complete, and no label came within the label timeout
 
     @property
     def phase(self) -> tuple[str, float] | None:
         """The most confident label so far (None until one arrives)."""
-        return max(self.labels, key=lambda lc: lc[1]) if self.labels else None
+        return chosen_label(self.labels)
 
 
 @dataclass
@@ -220,6 +224,9 @@ class Campaign:
         self._spectra: list[np.ndarray | None] = []
         self._obs_round: list[int] = []
         self._obs_strategy: list[str] = []  # the tag of the strategy that proposed each
+        # each observation's labels: live, the condition's own list (late labels show up)
+        self._obs_labels: list[list[tuple[str, float]]] = []
+        self._awaiting_label: dict[str, float] = {}  # condition -> label deadline
         self._queue: list[str] = []
         self._active: str | None = None
         self._pending: dict[str, _Pending] = {}
@@ -263,7 +270,15 @@ class Campaign:
             loss_sd=np.array(self._loss_sd, dtype=float),
             spectra=spectra,
             round=np.array(self._obs_round, dtype=int),
+            feasible=self._feasible(),
+            p_floor=self.settings.phase.p_floor,
         )
+
+    def _feasible(self) -> np.ndarray | None:
+        ph = self.settings.phase
+        if not ph.active:
+            return None
+        return np.array([feasible_value(lab, ph) for lab in self._obs_labels], dtype=float)
 
     @property
     def best(self) -> tuple[dict[str, float], float] | None:
@@ -387,6 +402,10 @@ class Campaign:
                 raise TellError(f"result {i} has an invalid loss_sd {r.loss_sd!r}")
             if r.spectrum is not None and not np.all(np.isfinite(r.spectrum)):
                 raise TellError(f"result {i} has a non-finite spectrum")
+            if r.phase is not None:
+                bad_label = label_problem(r.phase[0], r.phase[1], self.settings.phase)
+                if bad_label is not None:
+                    raise TellError(f"result {i} has a bad phase label: {bad_label[1]}")
         round_no = self.round
         for row, r, tag in zip(x, results, tags, strict=True):
             self._record(row, r, round_no, tag)
@@ -403,9 +422,12 @@ class Campaign:
         if self.state != "waiting" or self._started_at is not None:
             raise CampaignError(f"start() in state {self.state!r}")
         self._started_at = now
+        label_wait = self.settings.phase.label_timeout_s
         for rec in self.conditions.values():  # a restored campaign's timers start now
             if rec.state not in ("complete", "failed"):
                 rec.state_since = now
+            elif rec.state == "complete" and self.settings.label_role and not rec.labels:
+                self._awaiting_label[rec.condition] = now + label_wait
         for p in self._pending.values():
             p.sent_at = now
         out: list[Decision] = [
@@ -536,7 +558,12 @@ class Campaign:
             case ConditionRetried():
                 self._restored(fact.condition).timeouts += 1
             case PhaseLabelled():
-                self._restored(fact.condition).labels.append((fact.phase, fact.confidence))
+                # a label the campaign rejected (unknown condition or phase, bad
+                # confidence) is journalled as input but stays out, as it did live
+                rec = self.conditions.get(fact.condition)
+                ok = label_problem(fact.phase, fact.confidence, self.settings.phase) is None
+                if rec is not None and ok:
+                    rec.labels.append((fact.phase, fact.confidence))
             case ConditionOutcome():
                 self._replay_outcome(fact)
             case _:
@@ -581,7 +608,17 @@ class Campaign:
             self._lost.add(self.settings.pump_role)
             self._lost_reason = "the agent restarted after the pump had taken this setpoint"
 
-    def _record(self, x: np.ndarray, r: Result, round_no: int, strategy: str = "") -> None:
+    def _record(
+        self,
+        x: np.ndarray,
+        r: Result,
+        round_no: int,
+        strategy: str = "",
+        labels: list[tuple[str, float]] | None = None,
+    ) -> None:
+        if labels is None:
+            labels = [] if r.phase is None else [(str(r.phase[0]), float(r.phase[1]))]
+        self._obs_labels.append(labels)
         self._x.append(np.asarray(x, dtype=float))
         self._loss.append(float(r.loss))
         self._loss_sd.append(float(r.loss_sd))
@@ -727,6 +764,8 @@ class Campaign:
         rec.n_rejected = st.n_outliers
         self._set_state(rec, "complete", now)
         self._drop_pending(rec.condition)
+        if self.settings.label_role is not None and not rec.labels:
+            self._awaiting_label[rec.condition] = now + self.settings.phase.label_timeout_s
         out: list[Decision] = [
             Announce(
                 "condition_complete",
@@ -812,7 +851,7 @@ class Campaign:
             for r in done
         ]
         for r, res in zip(done, results, strict=True):
-            self._record(self.space.to_array([r.recipe])[0], res, round_no, r.strategy)
+            self._record(self.space.to_array([r.recipe])[0], res, round_no, r.strategy, r.labels)
         self._asked = None
         out, reason = self._finish_round(round_no, now)
         return out, reason, len(done)
@@ -866,6 +905,8 @@ class Campaign:
         for role, seen in list(self._up.items()):
             if now - seen > timeout:
                 out += self._on_driver_down(DriverDown(role, now))
+        if self._awaiting_label:
+            out += self._check_labels(now)
         if self.state != "running":
             return out
         for p in list(self._pending.values()):
@@ -1012,21 +1053,50 @@ class Campaign:
             return [
                 _reject("phase_label", ev.condition, -1, "unknown_condition", "unknown condition")
             ]
+        bad = label_problem(ev.phase, ev.confidence, self.settings.phase)
+        if bad is not None:
+            return [_reject("phase_label", ev.condition, -1, *bad)]
         before = rec.phase
         rec.labels.append((ev.phase, ev.confidence))
+        self._awaiting_label.pop(rec.condition, None)
         fields: dict[str, object] = {
             "condition": ev.condition,
             "phase": ev.phase,
             "confidence": ev.confidence,
             "round": rec.round,
             "condition_state": rec.state,
+            "rounds_late": self.round - rec.round,
         }
+        if rec.unlabelled:
+            rec.unlabelled = False
+            fields["after_timeout"] = True
         level = "info"
         if before is not None and before[0] != ev.phase:
+            # both labels are kept; the more confident one is used
             fields["contradicts"] = before[0]
+            fields["contradicts_confidence"] = before[1]
             fields["using"] = rec.phase[0] if rec.phase else ev.phase
             level = "warning"
         return [Note("phase_label", fields, level)]
+
+    def _check_labels(self, now: float) -> list[Decision]:
+        """Mark completed conditions whose label is overdue as unlabelled (kept as data)."""
+        out: list[Decision] = []
+        for cid, deadline in list(self._awaiting_label.items()):
+            if now < deadline:
+                continue
+            del self._awaiting_label[cid]
+            rec = self.conditions[cid]
+            if rec.labels:
+                continue
+            rec.unlabelled = True
+            fields = {
+                "condition": cid,
+                "round": rec.round,
+                "timeout_s": self.settings.phase.label_timeout_s,
+            }
+            out.append(Note("phase_unlabelled", fields, "warning"))
+        return out
 
     def _drop_pending(self, condition: str) -> None:
         for cmd_id, p in list(self._pending.items()):

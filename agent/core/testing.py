@@ -6,6 +6,7 @@ Used by tests and doctests; never used at run time.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from agent.core.campaign import Campaign, CampaignSettings
 from agent.core.events import (
@@ -29,7 +30,15 @@ from agent.core.space import Channel, ChannelMap, LinearConstraint, Parameter, S
 from agent.core.stopping import MaxRounds
 from agent.core.strategies.lhs import LatinHypercube
 
-__all__ = ["TOY_GRID", "TOY_TARGET", "ToyLab", "agnp_space", "toy_settings", "toy_spectrum"]
+__all__ = [
+    "TOY_GRID",
+    "TOY_TARGET",
+    "HalfspaceFeasibility",
+    "ToyLab",
+    "agnp_space",
+    "toy_settings",
+    "toy_spectrum",
+]
 
 TOY_GRID = Grid(400.0, 10.0, 5)
 TOY_TARGET = np.array([0.0, 0.4, 1.0, 0.4, 0.0])
@@ -151,6 +160,10 @@ class ToyLab:
         recipe = self.c.conditions[condition].recipe
         return toy_spectrum(recipe) + self.noise * self.rng.standard_normal(TOY_GRID.n)
 
+    def label(self, condition: str) -> tuple[str, float] | None:
+        """The XRD's label for ``condition`` at once, or None to withhold it (a late label)."""
+        return "Ag-fcc", 0.9
+
     def step(self, event: Event | None, decisions: list[Decision], **kw: object) -> list[Decision]:
         self.record(event, decisions, **kw)
         self.log += decisions
@@ -196,10 +209,43 @@ class ToyLab:
                     )
             elif isinstance(d, SendAcquire):
                 queue += self.feed(AcquireAcked(d.cmd_id, True, "", self.now))
-                queue += self.feed(PhaseLabelIn(d.condition, "Ag-fcc", 0.9, self.now))
+                label = self.label(d.condition)
+                if label is not None:
+                    queue += self.feed(PhaseLabelIn(d.condition, *label, self.now))
             elif isinstance(d, SendSafeState):
                 queue += self.feed(SetpointAcked(d.cmd_id, True, "", self.now))
 
     def run(self, max_steps: int = 20_000) -> None:
         """Bring up and serve until nothing is left to do."""
         self.serve(self.bring_up(), max_steps)
+
+
+class HalfspaceFeasibility:
+    """A stand-in feasibility model: ``P = 1`` where ``x[col] <= limit``, else ``p_out``.
+
+    Duck-types :class:`~agent.core.strategies.feasibility.FeasibilityModel`
+    (``log_prob``, ``excluded``, ``p_floor``, ``notes``) so that tests can plant a
+    known factor in an acquisition.
+    """
+
+    def __init__(
+        self, space: Space, col: int, limit: float, *, p_out: float = 1e-3, p_floor: float = 0.05
+    ) -> None:
+        self.space, self.col, self.limit = space, col, limit
+        self.p_out, self.p_floor = p_out, p_floor
+
+    def log_prob(self, u: torch.Tensor) -> torch.Tensor:
+        x = self.space.from_unit(u.detach().reshape(-1, u.shape[-1]).numpy())
+        inside = torch.as_tensor(x[:, self.col] <= self.limit).reshape(u.shape[:-1])
+        out = torch.full(u.shape[:-1], float(np.log(self.p_out)), dtype=torch.float64)
+        return out.masked_fill(inside, 0.0)
+
+    def excluded(self, u: torch.Tensor) -> torch.Tensor:
+        return (
+            self.log_prob(u) < float(np.log(self.p_floor))
+            if self.p_floor > 0
+            else (torch.zeros(u.shape[:-1], dtype=torch.bool))
+        )
+
+    def notes(self) -> dict[str, object]:
+        return {"feasibility": "halfspace"}

@@ -60,11 +60,25 @@ def test_env_overrides_file_and_set_overrides_env():
         ({"objective.target": '"missing.csv"'}, "cannot read target spectrum"),
         ({"objective.wl_stop": "300"}, "wl_stop must exceed wl_start"),
         ({"bus.status_interval_s": "0"}, "bus.status_interval_s"),
+        ({"phase.min_confidence": "1.5"}, "phase.min_confidence"),
+        ({"phase.required": '"AgCl"', "phase.phases": '["Ag-fcc"]'}, "not in phases"),
     ],
 )
 def test_invalid_values_are_refused_with_where_and_why(override, expect):
     with pytest.raises(ConfigError, match=expect):
         CampaignConfig.from_toml(EXAMPLE, env={}, overrides=override)
+
+
+def test_the_phase_section_reaches_the_core():
+    plain = CampaignConfig.from_toml(EXAMPLE, env={}).to_settings().phase
+    assert plain.required is None and not plain.active
+    cfg = CampaignConfig.from_toml(
+        EXAMPLE,
+        env={},
+        overrides={"phase.required": '"Ag-fcc"', "phase.min_confidence": "0.7"},
+    )
+    phase = cfg.to_settings().phase
+    assert (phase.required, phase.min_confidence, phase.active) == ("Ag-fcc", 0.7, True)
 
 
 def test_unreadable_and_malformed_files_are_refused(tmp_path):

@@ -21,6 +21,7 @@ from agent.core.events import (
     Announce,
     DriverUp,
     Note,
+    PhaseLabelIn,
     RequestProposal,
     SendSetpoint,
     SpectrumIn,
@@ -94,6 +95,45 @@ def test_a_full_campaign_round_trips_through_the_journal(tmp_path):
         assert j.count("conditions") == 12 and j.count("rounds") == 3
         assert j.count("replicates") >= 12 * 3
     same_state(restored, live)
+
+
+def test_late_labels_are_restored_on_their_condition_and_rejected_ones_stay_out(tmp_path):
+    from agent.core.phase import PhaseSettings
+
+    phase = PhaseSettings(required="Ag-fcc", phases=("Ag-fcc", "Ag2O"))
+    settings = toy_settings(rounds=2, batch_size=3, phase=phase)
+    live = Campaign(settings, seed=3)
+
+    class LateLab(JournalledLab):
+        def label(self, condition):
+            return None
+
+    with new_journal(tmp_path / "j.sqlite") as j:
+        lab = LateLab(live, j)
+        lab.run()
+        lab.feed(PhaseLabelIn("r01-c02", "Ag2O", 0.9, lab.now))  # a round late
+        lab.feed(PhaseLabelIn("r01-c03", "AgCl", 0.9, lab.now))  # unknown: rejected
+        lab.feed(PhaseLabelIn("r09-c01", "Ag-fcc", 0.9, lab.now))  # no such condition
+        lab.feed(PhaseLabelIn("r01-c02", "Ag-fcc", 0.6, lab.now))  # contradicts, less sure
+    with Journal.open(tmp_path / "j.sqlite", campaign_id="toy", config_hash="h" * 64) as j:
+        restored = Campaign.restore(settings, 3, j.facts())
+    assert restored.conditions["r01-c02"].labels == [("Ag2O", 0.9), ("Ag-fcc", 0.6)]
+    assert restored.conditions["r01-c03"].labels == []
+    np.testing.assert_array_equal(restored.observations.feasible, live.observations.feasible)
+    same_state(restored, live)
+    _, _, labels = export_csv(tmp_path / "j.sqlite", tmp_path / "csv")
+    rows = list(csv.DictReader(labels.read_text().splitlines()))
+    assert [(r["condition"], r["phase"], r["status"]) for r in rows] == [
+        ("r01-c02", "Ag2O", "accepted"),
+        ("r01-c03", "AgCl", "rejected"),
+        ("r09-c01", "Ag-fcc", "rejected"),
+        ("r01-c02", "Ag-fcc", "accepted"),
+    ]
+    assert "not one of" in rows[1]["reason"] and rows[2]["reason"] == "unknown condition"
+    assert "contradicts Ag2O" in rows[3]["reason"]
+    text = (tmp_path / "csv" / "conditions.csv").read_text()
+    cond = {r["condition"]: r for r in csv.DictReader(text.splitlines())}
+    assert (cond["r01-c02"]["phase"], cond["r01-c03"]["phase"]) == ("Ag2O", "")
 
 
 def test_restore_at_every_step_matches_the_live_campaign_and_its_next_proposal(tmp_path):
@@ -261,7 +301,8 @@ def test_export_writes_one_row_per_condition_and_per_spectrum(tmp_path):
     with new_journal(tmp_path / "j.sqlite") as j:
         JournalledLab(c, j).run()
         n_spectra = j.count("replicates")
-    conditions, replicates = export_csv(tmp_path / "j.sqlite", tmp_path / "csv")
+    conditions, replicates, labels = export_csv(tmp_path / "j.sqlite", tmp_path / "csv")
+    assert len(list(csv.DictReader(labels.read_text().splitlines()))) == len(c.conditions)
     rows = list(csv.DictReader(conditions.read_text().splitlines()))
     assert [r["condition"] for r in rows] == list(c.conditions)
     for r in rows:

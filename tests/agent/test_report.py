@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import math
 import os
@@ -36,7 +37,7 @@ from agent.report import read_campaign, write_report
 from agent.report_importance import MIN_CONDITIONS
 
 ROOT = Path(__file__).resolve().parents[2]
-PLOTS = ("best_loss.png", "spectra.png", "parameters.png", "replicates.png")
+PLOTS = ("best_loss.png", "spectra.png", "parameters.png", "replicates.png", "phase_map.png")
 
 
 def sdl_agent(
@@ -154,6 +155,42 @@ def test_the_record_matches_the_journal(journal):
         assert len(c.replicate_losses) == live.n_used
         assert np.median(c.replicate_losses) == pytest.approx(live.median_loss)
     assert rec.target is not None and rec.target.values.tolist() == TOY_TARGET.tolist()
+
+
+class PhasedLab(JournalledLab):
+    """Silver oxide where ``a > 0.6``; some labels too unsure to count."""
+
+    def label(self, condition):
+        a = self.c.conditions[condition].recipe["a"]
+        return ("Ag2O", 0.9) if a > 0.6 else ("Ag-fcc", 0.6 if a > 0.55 else 0.9)
+
+
+def test_the_phase_map_shows_the_predicted_regions_and_the_measured_labels(tmp_path):
+    from agent.core.phase import PhaseSettings
+    from agent.report_phase import plot_phase_map
+
+    meta = toy_meta()
+    config = json.loads(meta["config"])
+    meta["config"] = json.dumps({**config, "phase": {"required": "Ag-fcc", "min_confidence": 0.7}})
+    path = tmp_path / "j.sqlite"
+    campaign = Campaign(toy_settings(rounds=3, batch_size=8, phase=PhaseSettings("Ag-fcc")), seed=4)
+    args = dict(campaign_id="toy", config_hash="h" * 64, seed=4, parameters=["a", "b"])
+    with Journal.create(path, **args, extra_meta=meta) as j:
+        PhasedLab(campaign, j).run()
+    record = read_campaign(path)
+    plot = plot_phase_map(record)
+    assert plot is not None and plot.name == "phase_map.png"
+    assert "classifier fitted on" in plot.caption
+    image = imread(io.BytesIO(plot.png))
+    assert image.shape[1] >= 300 and float(np.std(image[..., :3])) > 0.05
+    # the model it draws: the oxide side improbable, the silver side probable
+    from agent.report_phase import _space
+
+    rows = [c for c in record.complete if c.phase]
+    n_bad = sum(c.recipe["a"] > 0.55 for c in rows)
+    assert 0 < n_bad < len(rows)
+    assert "Ag-fcc" in plot.caption and f"{len(rows) - n_bad} Ag-fcc" in plot.caption
+    assert _space(record, rows).names == ("a", "b")
 
 
 def test_an_older_journal_without_target_or_config_still_gets_a_report(tmp_path):

@@ -125,3 +125,23 @@ def test_spectra_off_the_grid_are_refused_not_mixed(spectra: np.ndarray | None, 
         training_spectra(data, len(WL))
     with pytest.raises(StrategyError, match=why):
         DnnProposals(LOSS).propose(agnp_space(), data, 3, np.random.default_rng(0))
+
+
+def test_no_dnn_proposal_where_the_feasibility_model_excludes_it(
+    trained: tuple[Observations, FittedSpectrumModel],
+) -> None:
+    from agent.core.testing import HalfspaceFeasibility
+
+    data, model = trained
+    space = agnp_space()
+    # the planted optimum (AgNO3 18 %) makes the wrong phase: AgNO3 above 12 % is excluded
+    feas = HalfspaceFeasibility(space, 0, 12.0)
+    batch = DnnProposals(LOSS).propose_from(model, space, data.x, 5, seed=1, feas=feas)
+    assert np.all(batch.x[:, 0] <= 12.0)
+    assert batch.notes["dnn_p_feasible"] == [1.0] * 5
+    # a factor of 1 everywhere leaves the scores (and the picks) alone
+    same = DnnProposals(LOSS).propose_from(
+        model, space, data.x, 5, seed=1, feas=HalfspaceFeasibility(space, 0, 99.0)
+    )
+    plain = DnnProposals(LOSS).propose_from(model, space, data.x, 5, seed=1)
+    np.testing.assert_allclose(same.x, plain.x)

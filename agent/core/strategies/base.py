@@ -34,6 +34,11 @@ class Observations:
         spectra: median spectrum per recipe, shape (n, n_wavelengths), or None
             when no spectra are known (scalar black-box benchmarks).
         round: the round each recipe was measured in, shape (n,).
+        feasible: per recipe 1.0 (the required phase), 0.0 (another phase) or
+            NaN (no label yet), shape (n,); None when no phase is required
+            (no feasibility model).
+        p_floor: candidates the feasibility model gives less than this
+            probability are never proposed.
     """
 
     x: np.ndarray
@@ -41,6 +46,8 @@ class Observations:
     loss_sd: np.ndarray
     spectra: np.ndarray | None = None
     round: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    feasible: np.ndarray | None = None
+    p_floor: float = 0.05
 
     @classmethod
     def empty(cls, dim: int) -> Observations:

@@ -55,6 +55,7 @@ from torch import Tensor
 
 from agent.core.space import Space
 from agent.core.strategies.base import Batch, Observations, StrategyError
+from agent.core.strategies.feasibility import FeasibilityModel, fit_feasibility
 from agent.core.strategies.gp import (
     DTYPE,
     CachedGP,
@@ -202,20 +203,33 @@ class LocalPenalizationEI:
             return Batch(x=np.zeros((0, space.dim)), strategy=())
         seed = int(rng.integers(0, 2**31 - 1))
         fitted = fit_gp(space, data, noise=self.noise, seed=seed, maxiter=self.fit_maxiter)
+        feas = fit_feasibility(space, data, seed + 7)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            u, info = self._greedy(space, data, fitted, n, seed)
+            u, info = self._greedy(space, data, fitted, n, seed, feas)
         notes: dict[str, object] = {
             **fitted.notes(),
+            **(feas.notes() if feas is not None else {}),
             **info,
             "propose_seconds": round(time.perf_counter() - start, 4),
         }
         return Batch(x=_to_physical(space, u), strategy=(self.name,) * n, notes=notes)
 
     def _greedy(
-        self, space: Space, data: Observations, fitted: FittedGP, n: int, seed: int
+        self,
+        space: Space,
+        data: Observations,
+        fitted: FittedGP,
+        n: int,
+        seed: int,
+        feas: FeasibilityModel | None = None,
     ) -> tuple[Tensor, dict[str, object]]:
-        """The batch in the unit box (n, d), and notes."""
+        """The batch in the unit box (n, d), and notes.
+
+        With a feasibility model the pool scores are ``log EI + log P(feasible)``,
+        candidates below its ``p_floor`` are blocked, and the pool's best is taken
+        without gradient refinement (the refined objective has no feasibility term).
+        """
         model = CachedGP(fitted)
         train_u = fitted.train_u
         with torch.no_grad():
@@ -228,7 +242,12 @@ class LocalPenalizationEI:
         lipschitz = lipschitz_constant(
             model, torch.cat([pool[: self.lipschitz_points], train_u[in_box]])
         )
-        base = self._acquisition(model, best)
+        log_ei = self._acquisition(model, best)
+
+        def base(points: Tensor) -> Tensor:  # (m, 1, d) -> (m,)
+            value = log_ei(points)
+            return value if feas is None else value + feas.log_prob(points.squeeze(-2))
+
         with torch.no_grad():
             base_pool = base(pool.unsqueeze(-2))
             if self.acq_samples:
@@ -244,6 +263,8 @@ class LocalPenalizationEI:
                 base_pool = torch.cat([base_pool, base(extra.unsqueeze(-2))])
         penalty = torch.zeros_like(base_pool)
         blocked = _too_close(space, pool, data.x)
+        if feas is not None:
+            blocked |= feas.excluded(pool)
         a_unit, b_unit = unit_constraint_matrix(space)
         centres = torch.zeros(0, space.dim, dtype=DTYPE)
         centre_mean = torch.zeros(0, dtype=DTYPE)
@@ -262,7 +283,7 @@ class LocalPenalizationEI:
                 kind=self.penaliser,
             )
             point, was_refined = self._next_point(
-                space, objective, pool, score, (a_unit, b_unit), data.x, centres
+                space, objective, pool, score, (a_unit, b_unit), data.x, centres, feas is None
             )
             refined += was_refined
             with torch.no_grad():
@@ -287,6 +308,11 @@ class LocalPenalizationEI:
             "penaliser": self.penaliser,
             "pool": len(pool),
             "refined": refined,
+            **(
+                {"p_feasible": [round(float(v), 4) for v in feas.log_prob(centres).exp()]}
+                if feas is not None
+                else {}
+            ),
             "metrics": _regret_metrics(fitted, model, train_mean, train_std, pool),
         }
         return centres, info
@@ -300,6 +326,7 @@ class LocalPenalizationEI:
         constraints: tuple[np.ndarray, np.ndarray],
         measured: np.ndarray,
         chosen: Tensor,
+        refine: bool = True,
     ) -> tuple[Tensor, bool]:
         """Best refined candidate that is feasible and separated, else the best pool point."""
         valid = torch.isfinite(score)
@@ -310,7 +337,7 @@ class LocalPenalizationEI:
         k = min(self.num_restarts, int(valid.sum()))
         start_idx = torch.topk(score, k).indices
         starts = pool[start_idx]
-        if self.maxiter == 0:
+        if self.maxiter == 0 or not refine:
             return starts[0], False
         cands = _refine(objective, starts, constraints, self.maxiter)
         cands = torch.stack([_repair(space, c, s) for c, s in zip(cands, starts, strict=True)])

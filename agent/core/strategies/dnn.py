@@ -43,6 +43,7 @@ from scipy.stats import qmc
 
 from agent.core.space import Space
 from agent.core.strategies.base import Batch, Observations, StrategyError
+from agent.core.strategies.feasibility import FeasibilityModel, fit_feasibility
 from agent.core.strategies.spectrum_model import (
     FittedSpectrumModel,
     SpectrumEnsemble,
@@ -103,13 +104,24 @@ class DnnProposals:
         seed = int(rng.integers(0, 2**31 - 1))
         spectra = training_spectra(data, len(self.loss.target))
         fitted = self.model.fit(data.x, spectra, seed)
-        return self.propose_from(fitted, space, data.x, n, seed)
+        feas = fit_feasibility(space, data, seed + 7)
+        return self.propose_from(fitted, space, data.x, n, seed, feas)
 
     def propose_from(
-        self, fitted: FittedSpectrumModel, space: Space, avoid: np.ndarray, n: int, seed: int
+        self,
+        fitted: FittedSpectrumModel,
+        space: Space,
+        avoid: np.ndarray,
+        n: int,
+        seed: int,
+        feas: FeasibilityModel | None = None,
     ) -> Batch:
         """Propose ``n`` recipes with a fitted model, none within the pump's
-        resolution of a row of ``avoid`` (physical, (k, d))."""
+        resolution of a row of ``avoid`` (physical, (k, d)).
+
+        With a feasibility model ``P`` the score is ``P score + (1 - P) * 1``
+        (a wrong phase counts as the worst loss) and candidates below its
+        ``p_floor`` are never picked (see :mod:`~agent.core.strategies.feasibility`)."""
         start = time.perf_counter()
         if n <= 0:
             return Batch(x=np.zeros((0, space.dim)), strategy=())
@@ -127,6 +139,12 @@ class DnnProposals:
             u = np.concatenate([u, u_ref])
             mean, sd = np.concatenate([mean, m_ref]), np.concatenate([sd, s_ref])
             score = mean - self.optimism * sd
+        p_feasible = None
+        if feas is not None:
+            with torch.no_grad():
+                p_feasible = feas.log_prob(torch.as_tensor(u)).exp().numpy()
+            score = p_feasible * score + (1.0 - p_feasible) * _WORST_LOSS
+            score = np.where(p_feasible < feas.p_floor, np.inf, score)
         chosen = _select(space, u, score, np.asarray(avoid, float), n, self.min_distance)
         if len(chosen) < n:
             raise StrategyError(
@@ -142,6 +160,8 @@ class DnnProposals:
             "dnn_optimism": self.optimism,
             "dnn_propose_seconds": round(time.perf_counter() - start, 4),
         }
+        if p_feasible is not None:
+            notes["dnn_p_feasible"] = [round(float(v), 4) for v in p_feasible[idx]]
         return Batch(x=x, strategy=(self.name,) * n, notes=notes)
 
     def _score_parts(
@@ -223,11 +243,15 @@ def _physical(space: Space, u: torch.Tensor) -> torch.Tensor:
     return lo + u * (hi - lo)
 
 
+_WORST_LOSS = 1.0  # the loss of a recipe that makes the wrong phase
+
+
 def _select(
     space: Space, u: np.ndarray, score: np.ndarray, avoid: np.ndarray, n: int, min_distance: float
 ) -> list[int]:
     """Greedy picks by ``score`` (lowest first) under the separation rules."""
     order = np.argsort(score, kind="stable")
+    order = order[np.isfinite(score[order])]  # excluded candidates (e.g. a wrong phase)
     x = space.from_unit(u)
     res = space.resolution
     if len(avoid) and np.all(res > 0):

@@ -54,6 +54,7 @@ from scipy.stats import qmc
 from agent.core.space import Space
 from agent.core.strategies.base import Batch, Observations, Strategy, StrategyError
 from agent.core.strategies.dnn import DnnProposals, training_spectra
+from agent.core.strategies.feasibility import fit_feasibility
 from agent.core.strategies.spectrum_model import (
     FittedSpectrumModel,
     SpectrumEnsemble,
@@ -139,7 +140,8 @@ class TwoStep:
             keep = n - k  # LP's greedy picks: the first n - k of n are those of a batch of n - k
             avoid = np.concatenate([data.x, bo.x[:keep]])
             try:
-                dnn = self.dnn.propose_from(fitted, space, avoid, k, seed + 2)
+                feas = fit_feasibility(space, data, seed + 7)
+                dnn = self.dnn.propose_from(fitted, space, avoid, k, seed + 2, feas)
             except StrategyError as exc:
                 notes["fallback"] = f"DNN proposals failed: {exc}; all BO"
                 notes["schedule"] = "bo"
