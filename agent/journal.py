@@ -4,7 +4,9 @@ The runtime feeds the core an event, gets its decisions back, and calls
 :meth:`Journal.commit` with both *before* it sends a command, publishes a
 status event or starts a proposal: one transaction per event, so a crash at
 any point leaves either the whole step on disk or none of it, and nothing the
-outside world saw is missing from the journal. :meth:`Journal.facts` reads back
+outside world saw is missing from the journal. (Group commit: a step with
+nothing to act on may be deferred into the open transaction and committed with
+the next step that acts; see :meth:`Journal.commit`.) :meth:`Journal.facts` reads back
 what :meth:`Campaign.restore <agent.core.campaign.Campaign.restore>` needs to
 rebuild the campaign; :func:`agent.export.export_csv` writes it out as CSV.
 
@@ -163,6 +165,9 @@ class Journal:
         self.path = path
         self._db = conn
         self._seq = self._max_seq()
+        #: (seq, commands) when the open group of deferred steps began (None: none open)
+        self._group: tuple[int, set[str]] | None = None
+        self.deferred = 0  # steps written into the open group, not yet committed
         self._commands: set[str] = {
             r[0] for r in conn.execute("SELECT cmd_id FROM events WHERE what = 'command'")
         }
@@ -301,6 +306,9 @@ class Journal:
             raise
 
     def close(self) -> None:
+        """Commit any deferred steps (:meth:`flush`), then close the file."""
+        with contextlib.suppress(JournalError):
+            self.flush()
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
 
@@ -320,6 +328,7 @@ class Journal:
         now: float,
         *,
         rng_state: dict[str, Any] | None = None,
+        defer: bool = False,
     ) -> None:
         """Write one step (the event fed to ``campaign`` and the decisions it returned)
         in one transaction, before any decision is carried out.
@@ -328,20 +337,44 @@ class Journal:
         readback) writes nothing; a resend of a journalled command is not written
         again. ``rng_state`` goes with a :class:`ProposalReady` that was accepted.
 
+        ``defer`` (group commit): write the step into an open transaction and
+        leave it open, for a step with nothing to act on (a spectrum filed with no
+        decision). The group is committed by the next step written without
+        ``defer`` (in the same transaction, so before that step is acted on), by
+        :meth:`rejection`, :meth:`note`, :meth:`flush` or :meth:`close`. Until
+        then a crash loses the whole group, and no one outside saw any of it.
+
         Raises:
             JournalError: the write failed (disk full, file gone); the caller must
-                not act on the decisions.
+                not act on the decisions. A failure drops the open group too.
         """
         if not decisions and (event is None or isinstance(event, Tick | FlowStable)):
+            if not defer:
+                self.flush()
             return
         try:
-            with self._transaction():
+            with self._transaction(keep_open=defer):
                 if event is not None:
                     self._write_event(campaign, event, decisions, now, rng_state)
                 for d in decisions:
                     self._write_decision(campaign, d, now)
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: write failed: {exc}") from exc
+
+    def flush(self) -> None:
+        """Commit the deferred steps (see :meth:`commit`); nothing if none are open.
+
+        Raises:
+            JournalError: the commit failed; the deferred steps are not on disk.
+        """
+        if self._group is None:
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise JournalError(f"journal {self.path}: write failed: {exc}") from exc
+        self._group, self.deferred = None, 0
 
     def rejection(self, now: float, fields: dict[str, Any]) -> None:
         """A message the runtime rejected before the core saw it."""
@@ -441,6 +474,7 @@ class Journal:
     def snapshot(self) -> Iterator[None]:
         """Read inside one transaction: every query sees the same state of the
         file, even while a running campaign goes on writing it."""
+        self.flush()
         self._db.execute("BEGIN")
         try:
             yield
@@ -456,17 +490,29 @@ class Journal:
     # ---------------------------------------------------------------- internals
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        seq0, commands0 = self._seq, set(self._commands)
-        self._db.execute("BEGIN")
+    def _transaction(self, *, keep_open: bool = False) -> Iterator[None]:
+        """One transaction, or a step added to the open group of deferred steps;
+        committed unless ``keep_open`` (then it stays the open group)."""
+        if self._group is None:
+            self._group = (self._seq, set(self._commands))
+            self._db.execute("BEGIN")
         try:
             yield
-            self._db.execute("COMMIT")
+            if keep_open:
+                self.deferred += 1
+            else:
+                self._db.execute("COMMIT")
+                self._group, self.deferred = None, 0
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
-            self._seq, self._commands = seq0, commands0
+            self._rollback()
             raise
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
+        if self._group is not None:
+            self._seq, self._commands = self._group
+        self._group, self.deferred = None, 0
 
     def _next(self) -> int:
         self._seq += 1

@@ -150,6 +150,8 @@ class AgentRuntime:
         self.bound = asyncio.Event()
         self._changed = asyncio.Event()
         self._proposal_task: asyncio.Task[None] | None = None
+        #: condition_progress views of deferred steps, published once their rows are committed
+        self._held_views: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------- public
 
@@ -251,6 +253,8 @@ class AgentRuntime:
                 except zmq.Again:
                     break
                 self._on_frames(frames, "events", None)
+            # the batch's deferred steps in one transaction, before the next await
+            self._flush()
 
     async def _ticker(self) -> None:
         next_beat = 0.0
@@ -393,22 +397,50 @@ class AgentRuntime:
         *,
         rng_state: dict[str, Any] | None = None,
     ) -> None:
-        """The seam: journal the step (the event and what the core decided), then act."""
+        """The seam: journal the step (the event and what the core decided), then act.
+
+        Group commit: a spectrum that leads to no decision has nothing to act on,
+        so its rows are written into the open group (``Journal.commit(defer=True)``)
+        and its ``condition_progress`` view is held; both go out at :meth:`_flush`
+        (the end of a drained batch of measurements) or with the next step that
+        does act, whose transaction commits the group before anything is sent.
+        """
+        defer = self.journal is not None and not decisions and isinstance(event, SpectrumIn)
         if self.journal is not None:
             try:
                 self.journal.commit(
-                    self.campaign, event, decisions, time.time(), rng_state=rng_state
+                    self.campaign, event, decisions, time.time(), rng_state=rng_state, defer=defer
                 )
             except JournalError as exc:
                 log.error("journal_write_failed", reason=str(exc))
                 raise
+            if not defer and self._held_views:
+                self._release_views()
         if isinstance(event, SpectrumIn) and self._filed(event.condition, decisions):
             # before the decisions: the replicate that completed a condition comes
             # before its condition_complete
             fields = condition_progress(self.campaign, event.condition, self.clock.now())
             if fields is not None:
-                self._publish_view("condition_progress", fields)
+                if defer:
+                    self._held_views.append(fields)
+                else:
+                    self._publish_view("condition_progress", fields)
         self._execute(decisions)
+
+    def _flush(self) -> None:
+        """Commit the journal's deferred steps, then publish the views held for them."""
+        if self.journal is not None and self.journal.deferred:
+            try:
+                self.journal.flush()
+            except JournalError as exc:
+                log.error("journal_write_failed", reason=str(exc))
+                raise
+        self._release_views()
+
+    def _release_views(self) -> None:
+        views, self._held_views = self._held_views, []
+        for fields in views:
+            self._publish_view("condition_progress", fields)
 
     def _filed(self, condition: str, decisions: list[Decision]) -> bool:
         """Whether a spectrum for ``condition`` was filed with it: it is still being
