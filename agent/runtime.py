@@ -189,6 +189,8 @@ class AgentRuntime:
             self._pub.bind(self.endpoints.status)
             log.info("agent_bound", **self.endpoints.__dict__)
             self.bound.set()
+            if self.journal is not None:  # WAL checkpoints in a thread, not in a commit
+                self.journal.start_checkpoints()
             self._act(None, self.campaign.start(self.clock.now()))
             tasks = [
                 asyncio.create_task(self._commands(), name="commands"),
@@ -217,6 +219,9 @@ class AgentRuntime:
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
+            if self.journal is not None:
+                self._flush()
+                self.journal.stop_checkpoints()
             for s in (self._router, self._sub, self._pub):
                 if s is not None:
                     s.close(linger=0)

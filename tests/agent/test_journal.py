@@ -404,3 +404,35 @@ os.kill(os.getpid(), signal.SIGKILL)
         campaign = Campaign(toy_settings(), seed=0)
         j.commit(campaign, _spectrum(3), [], 2.0)
         assert [r[0] for r in j.query("SELECT seq FROM replicates ORDER BY seq")] == [1, 2]
+
+
+def test_the_checkpoint_thread_keeps_the_wal_bounded(tmp_path):
+    """With checkpoints moved to a thread (no automatic checkpoint in a commit), the
+    WAL is rewound after each checkpoint instead of growing with the campaign."""
+    path = tmp_path / "j.sqlite"
+    wal = path.with_name(path.name + "-wal")
+    campaign = Campaign(toy_settings(), seed=0)
+    big = np.zeros(4096)  # ~32 kB a row: 8 pages
+
+    def write(j: Journal, start: int, n: int) -> None:
+        for k in range(start, start + n):
+            s = SpectrumIn("r01-c01", k, big, TOY_GRID.start, TOY_GRID.step, 0.0)
+            j.commit(campaign, s, [], 1.0)
+
+    with new_journal(path) as j:
+        j.start_checkpoints(interval_s=3600.0)  # only when woken: deterministic
+        assert j._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        write(j, 0, 200)  # ~1600 pages, past SQLite's automatic 1000: none ran
+        grown = wal.stat().st_size
+        assert grown > 1000 * 4096
+        sizes = []
+        for block in range(1, 6):
+            j.checkpoint_now()
+            write(j, 200 * block, 200)
+            sizes.append(wal.stat().st_size)
+        assert j.checkpoints == 5
+        assert max(sizes) <= grown  # rewound after each checkpoint, not 6x the first
+        j.stop_checkpoints()
+        assert j._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    with Journal.open(path) as j:
+        assert j.count("replicates") == 1200
