@@ -147,6 +147,7 @@ class AgentRuntime:
         self._router: zmq.asyncio.Socket | None = None
         self._sub: zmq.asyncio.Socket | None = None
         self._pub: zmq.asyncio.Socket | None = None
+        self._pub_out: zmq.Socket | None = None  # the PUB without asyncio's futures
         self.bound = asyncio.Event()
         self._changed = asyncio.Event()
         self._proposal_task: asyncio.Task[None] | None = None
@@ -176,6 +177,8 @@ class AgentRuntime:
         self._router = configure(self._ctx.socket(zmq.ROUTER), max_bytes=self.max_bytes)
         self._sub = configure(self._ctx.socket(zmq.SUB), max_bytes=self.max_bytes)
         self._pub = configure(self._ctx.socket(zmq.PUB), max_bytes=self.max_bytes)
+        # sends are non-blocking: a plain socket over the same handle skips the futures
+        self._pub_out = zmq.Socket(shadow=self._pub.underlying)
         self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted driver takes its name back
         self._sub.setsockopt(zmq.SUBSCRIBE, b"")
         loop = asyncio.get_running_loop()
@@ -222,6 +225,7 @@ class AgentRuntime:
             if self.journal is not None:
                 self._flush()
                 self.journal.stop_checkpoints()
+            self._pub_out = None
             for s in (self._router, self._sub, self._pub):
                 if s is not None:
                     s.close(linger=0)
@@ -247,14 +251,15 @@ class AgentRuntime:
 
     async def _events(self) -> None:
         assert self._sub is not None
+        # the same socket without asyncio's futures, for non-blocking receives only
+        sub = zmq.Socket(shadow=self._sub.underlying)
         while True:
-            frames = await self._sub.recv_multipart()
-            self._on_frames(frames, "events", None)
-            # then what is already queued, without an await each (bench/bus_ingest.py:
-            # one await per message costs ~30 us); bounded, so timers still run
-            for _ in range(_EVENTS_BATCH - 1):
+            await self._sub.poll(flags=zmq.POLLIN)
+            # what is queued, without an await each (bench/bus_ingest.py: one await per
+            # message costs ~30 us); bounded, so timers still run
+            for _ in range(_EVENTS_BATCH):
                 try:
-                    frames = self._sub.recv_multipart(flags=zmq.NOBLOCK).result()
+                    frames = sub.recv_multipart(flags=zmq.NOBLOCK)
                 except zmq.Again:
                     break
                 self._on_frames(frames, "events", None)
@@ -566,9 +571,9 @@ class AgentRuntime:
         if d.kind == "proposal":
             fields["conditions"] = [m.ProposedCondition(**c) for c in fields["conditions"]]
         msg = m.MESSAGE_ADAPTER.validate_python({"kind": d.kind, **fields, **self._env("status")})
-        if self._pub is not None:
+        if self._pub_out is not None:
             with contextlib.suppress(zmq.ZMQError):
-                self._pub.send_multipart(encode(msg), flags=zmq.NOBLOCK)
+                self._pub_out.send_multipart(encode(msg), flags=zmq.NOBLOCK)
         cond = fields.get("condition")
         record = self._ctx_of(cond) if isinstance(cond, str) else {}
         record.update((k, v) for k, v in fields.items() if k != "conditions")
@@ -588,9 +593,9 @@ class AgentRuntime:
         except pydantic.ValidationError as exc:
             log.error("status_not_published", kind=kind, reason=str(exc)[:500])
             return
-        if self._pub is not None:
+        if self._pub_out is not None:
             with contextlib.suppress(zmq.ZMQError):
-                self._pub.send_multipart(encode(msg), flags=zmq.NOBLOCK)
+                self._pub_out.send_multipart(encode(msg), flags=zmq.NOBLOCK)
         if self.on_status is not None:
             self.on_status(msg)
 
