@@ -4,7 +4,9 @@ The runtime feeds the core an event, gets its decisions back, and calls
 :meth:`Journal.commit` with both *before* it sends a command, publishes a
 status event or starts a proposal: one transaction per event, so a crash at
 any point leaves either the whole step on disk or none of it, and nothing the
-outside world saw is missing from the journal. :meth:`Journal.facts` reads back
+outside world saw is missing from the journal. (Group commit: a step with
+nothing to act on may be deferred into the open transaction and committed with
+the next step that acts; see :meth:`Journal.commit`.) :meth:`Journal.facts` reads back
 what :meth:`Campaign.restore <agent.core.campaign.Campaign.restore>` needs to
 rebuild the campaign; :func:`agent.export.export_csv` writes it out as CSV.
 
@@ -36,6 +38,7 @@ import json
 import math
 import os
 import sqlite3
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
@@ -117,6 +120,7 @@ CREATE INDEX events_kind ON events (what, kind);
 """
 
 _SYNC = ("NORMAL", "FULL")
+_CHECKPOINT_S = 0.25  # seconds between WAL checkpoints of the checkpoint thread
 
 
 class JournalError(Exception):
@@ -163,6 +167,10 @@ class Journal:
         self.path = path
         self._db = conn
         self._seq = self._max_seq()
+        #: (seq, commands) when the open group of deferred steps began (None: none open)
+        self._group: tuple[int, set[str]] | None = None
+        self.deferred = 0  # steps written into the open group, not yet committed
+        self._checkpointer: _Checkpointer | None = None
         self._commands: set[str] = {
             r[0] for r in conn.execute("SELECT cmd_id FROM events WHERE what = 'command'")
         }
@@ -301,6 +309,10 @@ class Journal:
             raise
 
     def close(self) -> None:
+        """Commit any deferred steps (:meth:`flush`), stop the checkpoints, close the file."""
+        with contextlib.suppress(JournalError):
+            self.flush()
+        self.stop_checkpoints()
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
 
@@ -320,6 +332,7 @@ class Journal:
         now: float,
         *,
         rng_state: dict[str, Any] | None = None,
+        defer: bool = False,
     ) -> None:
         """Write one step (the event fed to ``campaign`` and the decisions it returned)
         in one transaction, before any decision is carried out.
@@ -328,20 +341,87 @@ class Journal:
         readback) writes nothing; a resend of a journalled command is not written
         again. ``rng_state`` goes with a :class:`ProposalReady` that was accepted.
 
+        ``defer`` (group commit): write the step into an open transaction and
+        leave it open, for a step with nothing to act on (a spectrum filed with no
+        decision). The group is committed by the next step written without
+        ``defer`` (in the same transaction, so before that step is acted on), by
+        :meth:`rejection`, :meth:`note`, :meth:`flush` or :meth:`close`. Until
+        then a crash loses the whole group, and no one outside saw any of it.
+
         Raises:
             JournalError: the write failed (disk full, file gone); the caller must
-                not act on the decisions.
+                not act on the decisions. A failure drops the open group too.
         """
         if not decisions and (event is None or isinstance(event, Tick | FlowStable)):
+            if not defer:
+                self.flush()
             return
         try:
-            with self._transaction():
+            with self._transaction(keep_open=defer):
                 if event is not None:
                     self._write_event(campaign, event, decisions, now, rng_state)
                 for d in decisions:
                     self._write_decision(campaign, d, now)
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: write failed: {exc}") from exc
+
+    def flush(self) -> None:
+        """Commit the deferred steps (see :meth:`commit`); nothing if none are open.
+
+        Raises:
+            JournalError: the commit failed; the deferred steps are not on disk.
+        """
+        if self._group is None:
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise JournalError(f"journal {self.path}: write failed: {exc}") from exc
+        self._group, self.deferred = None, 0
+
+    def start_checkpoints(self, interval_s: float = _CHECKPOINT_S) -> None:
+        """Move WAL checkpoints off the writer's commits, into a thread.
+
+        SQLite's automatic checkpoint runs inside the commit that takes the WAL
+        past 1000 pages, with an fsync even at ``synchronous=NORMAL``: a few
+        milliseconds in the runtime's event loop (``bench/loop_latency.py``).
+        Here it is turned off (``wal_autocheckpoint = 0``) and a thread with its
+        own connection runs ``wal_checkpoint(PASSIVE)`` every ``interval_s``
+        seconds (PASSIVE never blocks the writer; sqlite3 releases the GIL). The
+        WAL holds at most what is written between two checkpoints: SQLite
+        rewinds it once a checkpoint has caught up. Undone by
+        :meth:`stop_checkpoints` (and :meth:`close`).
+        """
+        if self._checkpointer is not None:
+            return
+        self._db.execute("PRAGMA wal_autocheckpoint = 0")
+        self._checkpointer = _Checkpointer(self.path, interval_s)
+        self._checkpointer.start()
+
+    def stop_checkpoints(self) -> None:
+        """Stop the checkpoint thread (if any) and give checkpoints back to SQLite."""
+        worker, self._checkpointer = self._checkpointer, None
+        if worker is None:
+            return
+        worker.stop()
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_autocheckpoint = 1000")
+
+    def checkpoint_now(self, timeout: float = 10.0) -> None:
+        """Wake the checkpoint thread and wait until it has run one checkpoint.
+
+        Raises:
+            JournalError: no checkpoint thread, it failed, or it took longer than ``timeout``.
+        """
+        if self._checkpointer is None:
+            raise JournalError(f"journal {self.path}: no checkpoint thread")
+        self._checkpointer.run_once(timeout)
+
+    @property
+    def checkpoints(self) -> int:
+        """Checkpoints the thread has run (0 without one)."""
+        return 0 if self._checkpointer is None else self._checkpointer.done
 
     def rejection(self, now: float, fields: dict[str, Any]) -> None:
         """A message the runtime rejected before the core saw it."""
@@ -441,6 +521,7 @@ class Journal:
     def snapshot(self) -> Iterator[None]:
         """Read inside one transaction: every query sees the same state of the
         file, even while a running campaign goes on writing it."""
+        self.flush()
         self._db.execute("BEGIN")
         try:
             yield
@@ -456,17 +537,29 @@ class Journal:
     # ---------------------------------------------------------------- internals
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        seq0, commands0 = self._seq, set(self._commands)
-        self._db.execute("BEGIN")
+    def _transaction(self, *, keep_open: bool = False) -> Iterator[None]:
+        """One transaction, or a step added to the open group of deferred steps;
+        committed unless ``keep_open`` (then it stays the open group)."""
+        if self._group is None:
+            self._group = (self._seq, set(self._commands))
+            self._db.execute("BEGIN")
         try:
             yield
-            self._db.execute("COMMIT")
+            if keep_open:
+                self.deferred += 1
+            else:
+                self._db.execute("COMMIT")
+                self._group, self.deferred = None, 0
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
-            self._seq, self._commands = seq0, commands0
+            self._rollback()
             raise
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
+        if self._group is not None:
+            self._seq, self._commands = self._group
+        self._group, self.deferred = None, 0
 
     def _next(self) -> int:
         self._seq += 1
@@ -659,6 +752,66 @@ class Journal:
 
 
 # --- helpers ---------------------------------------------------------------------
+
+
+class _Checkpointer(threading.Thread):
+    """Runs ``PRAGMA wal_checkpoint(PASSIVE)`` on its own connection (made and used
+    in this thread only) every ``interval_s`` seconds, or when woken."""
+
+    def __init__(self, path: Path, interval_s: float) -> None:
+        super().__init__(name=f"journal-checkpoint:{path.name}", daemon=True)
+        self._path = path
+        self._interval = float(interval_s)
+        self._wake = threading.Event()
+        self._stopping = False
+        self._cond = threading.Condition()
+        self.done = 0
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, timeout=0)
+        except sqlite3.Error as exc:
+            self._stopping = True
+            self._finish(str(exc))
+            return
+        try:
+            while True:
+                self._wake.wait(self._interval)  # a timer, not a synchronisation
+                self._wake.clear()
+                if self._stopping:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    error = None
+                except sqlite3.Error as exc:  # e.g. busy: the next round tries again
+                    error = str(exc)
+                self._finish(error)
+        finally:
+            conn.close()
+            with self._cond:
+                self._stopping = True
+                self._cond.notify_all()
+
+    def _finish(self, error: str | None) -> None:
+        with self._cond:
+            self.done += 1
+            self.error = error
+            self._cond.notify_all()
+
+    def run_once(self, timeout: float) -> None:
+        with self._cond:
+            target = self.done + 1
+            self._wake.set()
+            if not self._cond.wait_for(lambda: self.done >= target or self._stopping, timeout):
+                raise JournalError(f"journal {self._path}: no checkpoint within {timeout} s")
+            if self.error is not None:
+                raise JournalError(f"journal {self._path}: checkpoint failed: {self.error}")
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self.join(timeout=10)
 
 
 def _wal(path: Path) -> Path:

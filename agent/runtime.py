@@ -147,9 +147,12 @@ class AgentRuntime:
         self._router: zmq.asyncio.Socket | None = None
         self._sub: zmq.asyncio.Socket | None = None
         self._pub: zmq.asyncio.Socket | None = None
+        self._pub_out: zmq.Socket | None = None  # the PUB without asyncio's futures
         self.bound = asyncio.Event()
         self._changed = asyncio.Event()
         self._proposal_task: asyncio.Task[None] | None = None
+        #: condition_progress views of deferred steps, published once their rows are committed
+        self._held_views: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------- public
 
@@ -174,6 +177,8 @@ class AgentRuntime:
         self._router = configure(self._ctx.socket(zmq.ROUTER), max_bytes=self.max_bytes)
         self._sub = configure(self._ctx.socket(zmq.SUB), max_bytes=self.max_bytes)
         self._pub = configure(self._ctx.socket(zmq.PUB), max_bytes=self.max_bytes)
+        # sends are non-blocking: a plain socket over the same handle skips the futures
+        self._pub_out = zmq.Socket(shadow=self._pub.underlying)
         self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted driver takes its name back
         self._sub.setsockopt(zmq.SUBSCRIBE, b"")
         loop = asyncio.get_running_loop()
@@ -187,6 +192,8 @@ class AgentRuntime:
             self._pub.bind(self.endpoints.status)
             log.info("agent_bound", **self.endpoints.__dict__)
             self.bound.set()
+            if self.journal is not None:  # WAL checkpoints in a thread, not in a commit
+                self.journal.start_checkpoints()
             self._act(None, self.campaign.start(self.clock.now()))
             tasks = [
                 asyncio.create_task(self._commands(), name="commands"),
@@ -215,6 +222,10 @@ class AgentRuntime:
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
+            if self.journal is not None:
+                self._flush()
+                self.journal.stop_checkpoints()
+            self._pub_out = None
             for s in (self._router, self._sub, self._pub):
                 if s is not None:
                     s.close(linger=0)
@@ -240,17 +251,20 @@ class AgentRuntime:
 
     async def _events(self) -> None:
         assert self._sub is not None
+        # the same socket without asyncio's futures, for non-blocking receives only
+        sub = zmq.Socket(shadow=self._sub.underlying)
         while True:
-            frames = await self._sub.recv_multipart()
-            self._on_frames(frames, "events", None)
-            # then what is already queued, without an await each (bench/bus_ingest.py:
-            # one await per message costs ~30 us); bounded, so timers still run
-            for _ in range(_EVENTS_BATCH - 1):
+            await self._sub.poll(flags=zmq.POLLIN)
+            # what is queued, without an await each (bench/bus_ingest.py: one await per
+            # message costs ~30 us); bounded, so timers still run
+            for _ in range(_EVENTS_BATCH):
                 try:
-                    frames = self._sub.recv_multipart(flags=zmq.NOBLOCK).result()
+                    frames = sub.recv_multipart(flags=zmq.NOBLOCK)
                 except zmq.Again:
                     break
                 self._on_frames(frames, "events", None)
+            # the batch's deferred steps in one transaction, before the next await
+            self._flush()
 
     async def _ticker(self) -> None:
         next_beat = 0.0
@@ -393,22 +407,50 @@ class AgentRuntime:
         *,
         rng_state: dict[str, Any] | None = None,
     ) -> None:
-        """The seam: journal the step (the event and what the core decided), then act."""
+        """The seam: journal the step (the event and what the core decided), then act.
+
+        Group commit: a spectrum that leads to no decision has nothing to act on,
+        so its rows are written into the open group (``Journal.commit(defer=True)``)
+        and its ``condition_progress`` view is held; both go out at :meth:`_flush`
+        (the end of a drained batch of measurements) or with the next step that
+        does act, whose transaction commits the group before anything is sent.
+        """
+        defer = self.journal is not None and not decisions and isinstance(event, SpectrumIn)
         if self.journal is not None:
             try:
                 self.journal.commit(
-                    self.campaign, event, decisions, time.time(), rng_state=rng_state
+                    self.campaign, event, decisions, time.time(), rng_state=rng_state, defer=defer
                 )
             except JournalError as exc:
                 log.error("journal_write_failed", reason=str(exc))
                 raise
+            if not defer and self._held_views:
+                self._release_views()
         if isinstance(event, SpectrumIn) and self._filed(event.condition, decisions):
             # before the decisions: the replicate that completed a condition comes
             # before its condition_complete
             fields = condition_progress(self.campaign, event.condition, self.clock.now())
             if fields is not None:
-                self._publish_view("condition_progress", fields)
+                if defer:
+                    self._held_views.append(fields)
+                else:
+                    self._publish_view("condition_progress", fields)
         self._execute(decisions)
+
+    def _flush(self) -> None:
+        """Commit the journal's deferred steps, then publish the views held for them."""
+        if self.journal is not None and self.journal.deferred:
+            try:
+                self.journal.flush()
+            except JournalError as exc:
+                log.error("journal_write_failed", reason=str(exc))
+                raise
+        self._release_views()
+
+    def _release_views(self) -> None:
+        views, self._held_views = self._held_views, []
+        for fields in views:
+            self._publish_view("condition_progress", fields)
 
     def _filed(self, condition: str, decisions: list[Decision]) -> bool:
         """Whether a spectrum for ``condition`` was filed with it: it is still being
@@ -529,9 +571,9 @@ class AgentRuntime:
         if d.kind == "proposal":
             fields["conditions"] = [m.ProposedCondition(**c) for c in fields["conditions"]]
         msg = m.MESSAGE_ADAPTER.validate_python({"kind": d.kind, **fields, **self._env("status")})
-        if self._pub is not None:
+        if self._pub_out is not None:
             with contextlib.suppress(zmq.ZMQError):
-                self._pub.send_multipart(encode(msg), flags=zmq.NOBLOCK)
+                self._pub_out.send_multipart(encode(msg), flags=zmq.NOBLOCK)
         cond = fields.get("condition")
         record = self._ctx_of(cond) if isinstance(cond, str) else {}
         record.update((k, v) for k, v in fields.items() if k != "conditions")
@@ -551,9 +593,9 @@ class AgentRuntime:
         except pydantic.ValidationError as exc:
             log.error("status_not_published", kind=kind, reason=str(exc)[:500])
             return
-        if self._pub is not None:
+        if self._pub_out is not None:
             with contextlib.suppress(zmq.ZMQError):
-                self._pub.send_multipart(encode(msg), flags=zmq.NOBLOCK)
+                self._pub_out.send_multipart(encode(msg), flags=zmq.NOBLOCK)
         if self.on_status is not None:
             self.on_status(msg)
 

@@ -1037,11 +1037,11 @@ class Campaign:
             out.append(
                 _reject("spectrum", ev.condition, ev.replicate, verdict.code, verdict.reason)
             )
-        st = rec.replicates.status()  # outliers are re-judged as droplets come in
-        rec.n_rejected = st.n_outliers
-        if st.complete:
+        reps = rec.replicates  # outliers are re-judged as droplets come in
+        rec.n_rejected = reps.n_outliers  # counts only: status() copies the used spectra
+        if reps.complete:
             return out + self._complete(rec, ev.now)
-        if st.n_received + st.n_invalid >= rec.n_requested:
+        if reps.n_received + reps.n_invalid >= rec.n_requested:
             more = rec.replicates.need_more()
             if more > 0:
                 out.append(self._acquire(rec, self.settings.spectrometer_role, more, ev.now))

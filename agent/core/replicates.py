@@ -375,6 +375,34 @@ class ConditionReplicates:
         return self._complete
 
     @property
+    def n_received(self) -> int:
+        """Valid replicates recorded (used + outliers); cheap, as in :meth:`status`."""
+        return len(self._losses)
+
+    @property
+    def n_outliers(self) -> int:
+        """Replicates judged outliers now; cheap, as in :meth:`status`."""
+        return len(self._outlier_reason)
+
+    @property
+    def n_invalid(self) -> int:
+        """Droplets rejected as invalid; cheap, as in :meth:`status`."""
+        return self._n_invalid
+
+    @property
+    def n_used(self) -> int:
+        """Replicates in the median; cheap, as in :meth:`status`."""
+        return len(self._losses) - len(self._outlier_reason)
+
+    def median_loss(self) -> float:
+        """Median loss of the used replicates (NaN when none): :attr:`ReplicateStatus.median_loss`
+        without building the status (no copy of the spectra)."""
+        if self._status is not None:
+            return self._status.median_loss
+        used = [x for x, out in zip(self._losses, self._outlier, strict=True) if not out]
+        return _median(used) if used else math.nan
+
+    @property
     def deadline(self) -> float:
         """When the stall timer runs out: ``t_last + timeout_s``."""
         return self._last_progress + self._settings.timeout_s

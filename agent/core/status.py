@@ -78,14 +78,14 @@ def condition_progress(campaign: Campaign, condition: str, now: float) -> dict[s
     rec = campaign.conditions.get(condition)
     if rec is None or rec.replicates is None:
         return None
-    st = rec.replicates.status()
-    rule = rec.replicates.settings
-    median = st.median_loss
+    reps = rec.replicates  # its counts, not status(): that copies the used spectra
+    rule = reps.settings
+    median = reps.median_loss()
     return {
         "round": rec.round,
         "condition": rec.condition,
-        "n_accepted": st.n_used,
-        "n_rejected": st.n_outliers + st.n_invalid,
+        "n_accepted": reps.n_used,
+        "n_rejected": reps.n_outliers + reps.n_invalid,
         "n_min": rule.min_count,
         "n_max": rule.max_count,
         "median_loss": float(median) if math.isfinite(median) else None,

@@ -8,7 +8,10 @@ instruments; the restore is checked against the live campaign at every step.
 from __future__ import annotations
 
 import csv
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -380,3 +383,97 @@ def test_announcements_are_journalled_before_they_are_published(tmp_path):
         JournalledLab(Campaign(settings, seed=0), j, on_step=count_announces).run()
     assert seen and all(n >= 1 for _, n in seen)
     assert {k for k, _ in seen} >= {"proposal", "condition_complete", "round_complete"}
+
+
+def _spectrum(k: int) -> SpectrumIn:
+    return SpectrumIn("r01-c01", k, np.zeros(TOY_GRID.n), TOY_GRID.start, TOY_GRID.step, 0.0)
+
+
+def test_deferred_steps_are_committed_with_the_next_step_that_acts(tmp_path):
+    """Group commit: deferred steps stay invisible (and would be lost in a crash)
+    until a step that acts, a flush or the close commits them, in seq order."""
+    path = tmp_path / "j.sqlite"
+    campaign = Campaign(toy_settings(), seed=0)
+
+    def rows() -> list[int]:
+        return [r[0] for r in outside.execute("SELECT replicate FROM replicates ORDER BY seq")]
+
+    with new_journal(path) as j:
+        outside = sqlite3.connect(path)
+        j.commit(campaign, _spectrum(0), [], 1.0, defer=True)
+        j.commit(campaign, _spectrum(1), [], 1.0, defer=True)
+        assert j.deferred == 2 and rows() == []
+        j.commit(campaign, None, [Note("acted", {}, "info")], 2.0)  # one transaction with the group
+        assert j.deferred == 0 and rows() == [0, 1]
+        assert outside.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+        j.commit(campaign, _spectrum(2), [], 3.0, defer=True)
+        j.note(3.0, "shell_note", {})  # the shell's own records commit the group too
+        assert rows() == [0, 1, 2]
+        j.commit(campaign, _spectrum(3), [], 4.0, defer=True)
+        j.flush()
+        assert rows() == [0, 1, 2, 3] and j.deferred == 0
+        j.commit(campaign, _spectrum(4), [], 5.0, defer=True)
+    assert rows() == [0, 1, 2, 3, 4]  # close() commits what was deferred
+    seqs = [r[0] for r in outside.execute("SELECT seq FROM replicates ORDER BY seq")]
+    assert seqs == sorted(set(seqs))
+    outside.close()
+
+
+def test_a_crash_loses_only_the_open_group(tmp_path):
+    """SIGKILL with deferred steps open: the committed steps are intact, the group
+    is gone, and the journal reopens with its sequence carrying on."""
+    path = tmp_path / "j.sqlite"
+    new_journal(path).close()
+    child = f"""
+import os, signal, numpy as np
+from agent.core.campaign import Campaign
+from agent.core.events import SpectrumIn
+from agent.core.testing import TOY_GRID, toy_settings
+from agent.journal import Journal
+c = Campaign(toy_settings(), seed=0)
+j = Journal.open({str(path)!r})
+s = lambda k: SpectrumIn("r01-c01", k, np.zeros(TOY_GRID.n), TOY_GRID.start, TOY_GRID.step, 0.0)
+j.commit(c, s(0), [], 1.0)
+j.commit(c, s(1), [], 1.0, defer=True)
+j.commit(c, s(2), [], 1.0, defer=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    done = subprocess.run([sys.executable, "-c", child], timeout=60, check=False)
+    assert done.returncode == -signal.SIGKILL
+    with Journal.open(path) as j:
+        assert [r[0] for r in j.query("SELECT replicate FROM replicates")] == [0]
+        campaign = Campaign(toy_settings(), seed=0)
+        j.commit(campaign, _spectrum(3), [], 2.0)
+        assert [r[0] for r in j.query("SELECT seq FROM replicates ORDER BY seq")] == [1, 2]
+
+
+def test_the_checkpoint_thread_keeps_the_wal_bounded(tmp_path):
+    """With checkpoints moved to a thread (no automatic checkpoint in a commit), the
+    WAL is rewound after each checkpoint instead of growing with the campaign."""
+    path = tmp_path / "j.sqlite"
+    wal = path.with_name(path.name + "-wal")
+    campaign = Campaign(toy_settings(), seed=0)
+    big = np.zeros(4096)  # ~32 kB a row: 8 pages
+
+    def write(j: Journal, start: int, n: int) -> None:
+        for k in range(start, start + n):
+            s = SpectrumIn("r01-c01", k, big, TOY_GRID.start, TOY_GRID.step, 0.0)
+            j.commit(campaign, s, [], 1.0)
+
+    with new_journal(path) as j:
+        j.start_checkpoints(interval_s=3600.0)  # only when woken: deterministic
+        assert j._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        write(j, 0, 200)  # ~1600 pages, past SQLite's automatic 1000: none ran
+        grown = wal.stat().st_size
+        assert grown > 1000 * 4096
+        sizes = []
+        for block in range(1, 6):
+            j.checkpoint_now()
+            write(j, 200 * block, 200)
+            sizes.append(wal.stat().st_size)
+        assert j.checkpoints == 5
+        assert max(sizes) <= grown  # rewound after each checkpoint, not 6x the first
+        j.stop_checkpoints()
+        assert j._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    with Journal.open(path) as j:
+        assert j.count("replicates") == 1200

@@ -345,3 +345,34 @@ def test_spectrum_model_round_trip_keeps_values():
         values=values,
     )
     assert decode(encode(msg)).values == values
+
+
+async def test_progress_views_go_out_only_once_their_spectra_are_committed(ctx, tmp_path):
+    """Group commit: a monitor's condition_progress never runs ahead of the journal
+    (another connection sees every replicate it counts), and the run ends with
+    nothing deferred."""
+    ep = Endpoints.from_base(find_free_base())
+    campaign = Campaign(toy_settings(rounds=1), seed=5)
+    path = tmp_path / "journal.sqlite"
+    journal = Journal.create(
+        path, campaign_id="toy", config_hash="0" * 64, seed=5, parameters=["a", "b"]
+    )
+    reader = sqlite3.connect(path)
+    views: list[tuple[int, int]] = []
+
+    def look(msg: m.Message) -> None:
+        if isinstance(msg, m.ConditionProgress):
+            sql = "SELECT count(*) FROM replicates WHERE condition = ?"
+            rows = reader.execute(sql, (msg.condition,)).fetchone()[0]
+            views.append((msg.n_accepted + msg.n_rejected, rows))
+
+    try:
+        rt, agent, peers, tasks = await run_agent(campaign, ep, ctx, journal=journal)
+        rt.on_status = look
+        await finish(agent, peers, tasks)
+        assert journal.deferred == 0
+    finally:
+        journal.close()
+    assert campaign.stopped and len(views) > 5
+    assert all(rows >= counted for counted, rows in views)
+    reader.close()

@@ -144,3 +144,17 @@ def test_torch_path_is_the_same_loss_and_differentiable() -> None:
     got32 = loss(torch.tensor(spectra, dtype=torch.float32))
     assert got32.dtype == torch.float32
     assert np.allclose(got32.numpy(), loss(spectra), atol=1e-5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    arrays(np.float64, 9, elements=st.floats(-0.5, 3.0, allow_nan=False)),
+    st.floats(0.1, 2.0),
+)
+def test_one_spectrum_gives_the_same_float_as_a_stack_of_one(values, scale):
+    """The 1-D fast path of AgnpLoss (the replicate hot path) is the general path's
+    arithmetic in scalars: bit-identical, gate edges and flat spectra included."""
+    wl = np.linspace(400.0, 480.0, 9)
+    loss = AgnpLoss(np.sin(np.linspace(0.1, 3.0, 9)), wl)
+    for s in (values, values * scale, np.full(9, scale), np.zeros(9)):
+        assert loss(s) == float(loss(s[None, :])[0])
