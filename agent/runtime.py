@@ -50,7 +50,7 @@ from agent.core.events import (
     Tick,
 )
 from agent.core.sequence import SequenceTracker
-from agent.core.status import campaign_status, condition_progress
+from agent.core.status import campaign_status, condition_progress, filed_with
 from agent.core.strategies.base import StrategyError
 from agent.journal import Journal, JournalError
 from protocols import messages as m
@@ -426,7 +426,7 @@ class AgentRuntime:
                 raise
             if not defer and self._held_views:
                 self._release_views()
-        if isinstance(event, SpectrumIn) and self._filed(event.condition, decisions):
+        if isinstance(event, SpectrumIn) and filed_with(self.campaign, event.condition, decisions):
             # before the decisions: the replicate that completed a condition comes
             # before its condition_complete
             fields = condition_progress(self.campaign, event.condition, self.clock.now())
@@ -451,20 +451,6 @@ class AgentRuntime:
         views, self._held_views = self._held_views, []
         for fields in views:
             self._publish_view("condition_progress", fields)
-
-    def _filed(self, condition: str, decisions: list[Decision]) -> bool:
-        """Whether a spectrum for ``condition`` was filed with it: it is still being
-        measured, or the spectrum completed it (a late one for a finished
-        condition is not)."""
-        rec = self.campaign.conditions.get(condition)
-        if rec is not None and rec.state == "measuring":
-            return True
-        return any(
-            isinstance(d, Announce)
-            and d.kind == "condition_complete"
-            and d.fields.get("condition") == condition
-            for d in decisions
-        )
 
     def _execute(self, decisions: list[Decision]) -> None:
         status_sent = False

@@ -24,9 +24,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent.core.campaign import Campaign
+from agent.core.events import Announce, Decision
 from agent.core.stopping import closeness
 
-__all__ = ["campaign_status", "condition_progress"]
+__all__ = ["campaign_status", "condition_progress", "filed_with"]
 
 _ACTIVE_STATES = ("setting", "settling", "measuring")
 
@@ -118,3 +119,19 @@ def _wire_numbers(numbers: Mapping[str, float]) -> dict[str, float]:
         if _NAME.match(key) and math.isfinite(float(value)):
             out[key] = float(value)
     return out
+
+
+def filed_with(campaign: Campaign, condition: str, decisions: list[Decision]) -> bool:
+    """Whether the spectrum just handled for ``condition`` was filed (so a
+    ``condition_progress`` view is due): the condition is still being measured,
+    or the spectrum completed it (``decisions`` announce it); a late spectrum
+    for a finished condition was not."""
+    rec = campaign.conditions.get(condition)
+    if rec is not None and rec.state == "measuring":
+        return True
+    return any(
+        isinstance(d, Announce)
+        and d.kind == "condition_complete"
+        and d.fields.get("condition") == condition
+        for d in decisions
+    )
