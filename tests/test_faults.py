@@ -1,0 +1,267 @@
+"""The fault matrix: the agent and three simulated drivers as real processes, the
+drivers injecting faults into their own traffic (``drivers.inject``), and a
+driver killed and restarted mid-condition.
+
+Each case runs a small time-scaled campaign (``ROUNDS`` rounds of ``BATCH``
+conditions, a replicate rule with ``min_count = max_count = 5`` so that the
+number of valid replicates per condition is fixed) and checks the outcome,
+not the path: the rounds complete, every condition is complete exactly once,
+each with exactly the replicates its rule demands (the run's CSV and the
+journal agree), no replicate counted twice, the pump applied no command id
+twice, and the faults were really injected (the drivers' counts) and seen by
+the agent (gaps, duplicates, late and corrupt messages in its log).
+
+Knobs for longer, harsher runs (docs/faults.md): ``SDL_FAULT_RATE`` (default
+0.05, per fault kind and direction) and ``SDL_FAULT_ROUNDS`` (default 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from agent.demo import find_free_base
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMPAIGN = ROOT / "examples" / "agnp.toml"
+RATE = float(os.environ.get("SDL_FAULT_RATE", "0.05"))
+ROUNDS = int(os.environ.get("SDL_FAULT_ROUNDS", "2"))
+BATCH = 4
+REPLICATES = 5  # min_count = max_count = per_acquire: every condition ends with exactly 5
+TIMEOUT = 60.0 + 20.0 * ROUNDS
+TIME_SCALE = 0.005
+FAULTS = ("drop", "duplicate", "delay", "reorder", "corrupt")
+CODEC_CODES = {
+    "invalid",
+    "malformed",
+    "oversized",
+    "unknown_kind",
+    "unsupported_version",
+    "non_finite",
+    "wrong_length",
+    "topic_mismatch",
+}
+SETTINGS = {
+    "campaign.batch_size": BATCH,
+    "stop.max_rounds": ROUNDS,
+    "strategy.kind": '"lhs"',  # no GP: this is about the wire, not the optimiser
+    "replicates.min_count": REPLICATES,
+    "replicates.max_count": REPLICATES,
+    "replicates.per_acquire": REPLICATES,
+    "replicates.settle_window": 1,
+    "replicates.timeout_s": 6.0,
+    "replicates.retries": 2,
+    "replicates.droplet_timeout_s": 0.5,
+    "drivers.settle_timeout_s": 4.0,
+}
+
+
+def sdl_agent(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())", *args]
+
+
+def driver_cmd(role: str, base: str, seed: int, extra: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "drivers",
+        role,
+        "--connect",
+        base,
+        "--time-scale",
+        str(TIME_SCALE),
+        "--seed",
+        str(seed),
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("faults", [*[(f,) for f in FAULTS], FAULTS], ids=[*FAULTS, "all"])
+async def test_fault_matrix_every_condition_exactly_once_with_its_replicates(tmp_path, faults):
+    extra: dict[str, list[str]] = {}
+    for i, role in enumerate(("pump", "spectrometer", "xrd")):
+        flags = [x for f in faults for x in (f"--fault-{f}", str(RATE))]
+        extra[role] = [*flags, "--fault-seed", str(100 + i), "--fault-max-delay", "0.05"]
+    run = await run_campaign(tmp_path, extra)
+    check_outcome(tmp_path, run)
+
+    injected = run.injected()
+    for f in faults:  # the seeds really injected each fault, both ways
+        assert injected[f"out.{f}"] > 0, injected
+        assert injected[f"in.{f}"] > 0, injected
+    seen = run.agent_saw()
+    if "drop" in faults:
+        assert seen["sequence_gap"] > 0, seen
+    if "duplicate" in faults:
+        assert seen["rejected:duplicate"] > 0, seen
+    if "reorder" in faults:
+        assert seen["sequence_late"] > 0, seen
+    if "corrupt" in faults:
+        # detectable corruption: every corrupt frame that reached the agent is rejected
+        codec = sum(n for k, n in seen.items() if k.removeprefix("rejected:") in CODEC_CODES)
+        assert 0 < codec <= injected["out.corrupt"], (seen, injected)
+    if "drop" in faults or "reorder" in faults:
+        assert seen["droplets_missing"] + seen["sequence_late"] > 0, seen
+
+
+async def test_driver_killed_and_restarted_mid_condition_loses_and_repeats_nothing(tmp_path):
+    # the spectrometer dies after its 12th spectrum (the 3rd condition's 2nd droplet:
+    # measuring), the pump right after acking its 6th setpoint (ramping); each is
+    # restarted at once (the pump with the same applied log)
+    extra = {
+        "pump": ["--crash-at", "setpoint_ack:6"],
+        "spectrometer": ["--crash-at", "spectrum:12"],
+        "xrd": [],
+    }
+    run = await run_campaign(tmp_path, extra, restart=("pump", "spectrometer"))
+    check_outcome(tmp_path, run)
+    assert run.restarts == {"pump": 1, "spectrometer": 1}
+    for role in ("pump", "spectrometer"):
+        first = run.log(f"{role}.log")
+        assert [r["fault"] for r in first if r["event"] == "fault_injected"] == ["crash"]
+    seen = run.agent_saw()
+    assert seen["driver_restarted"] == 2, seen
+    assert seen["condition_restarted"] >= 1, seen  # the pump's condition, a new attempt
+
+
+# --- the harness ---------------------------------------------------------------------
+
+
+class Run:
+    def __init__(self, tmp_path: Path, base: str) -> None:
+        self.dir = tmp_path
+        self.base = base
+        self.out = tmp_path / "run"
+        self.applied = tmp_path / "applied.jsonl"
+        self.restarts: dict[str, int] = {}
+
+    def log(self, name: str) -> list[dict]:
+        lines = (self.dir / "logs" / name).read_text().splitlines()
+        return [json.loads(x) for x in lines if x.startswith("{")]
+
+    def logs(self) -> list[dict]:
+        return [r for p in sorted((self.dir / "logs").glob("*.log")) for r in self.log(p.name)]
+
+    def injected(self) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for r in self.logs():
+            if r["event"] == "fault_injected":
+                counts[f"{r['direction']}.{r['fault']}"] += 1
+        return counts
+
+    def agent_saw(self) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for r in self.log("agent.log"):
+            if r["event"] == "message_rejected":
+                counts[f"rejected:{r['code']}"] += 1
+            else:
+                counts[r["event"]] += 1
+        return counts
+
+
+async def run_campaign(
+    tmp_path: Path, extra: dict[str, list[str]], restart: tuple[str, ...] = ()
+) -> Run:
+    """Run the agent and the three drivers to the end of the campaign; restart each
+    driver in ``restart`` once when it exits (after its crash point)."""
+    run = Run(tmp_path, find_free_base())
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    sets = [x for k, v in SETTINGS.items() for x in ("--set", f"{k}={v}")]
+    with (logs / "agent.log").open("wb") as err:
+        agent = subprocess.Popen(
+            sdl_agent("run", str(CAMPAIGN), "--base", run.base, "--out", str(run.out), *sets),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    cmds: dict[str, list[str]] = {}
+    for i, role in enumerate(("pump", "spectrometer", "xrd")):
+        more = (
+            ["--applied-log", str(run.applied), "--readback-period", "0.2"]
+            if role == "pump"
+            else []
+        )
+        cmds[role] = driver_cmd(role, run.base, i, [*more, *extra.get(role, [])])
+        with (logs / f"{role}.log").open("wb") as err:
+            procs[role] = subprocess.Popen(cmds[role], stdout=subprocess.DEVNULL, stderr=err)
+
+    async def restart_after_crash(role: str) -> None:
+        code = await asyncio.to_thread(procs[role].wait)
+        assert code == -signal.SIGKILL, f"{role} exited with {code}, not at its crash point"
+        cmd = list(cmds[role])
+        i = cmd.index("--crash-at")
+        del cmd[i : i + 2]
+        with (logs / f"{role}-restarted.log").open("wb") as err:
+            procs[role] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        run.restarts[role] = run.restarts.get(role, 0) + 1
+
+    watchers = [asyncio.ensure_future(restart_after_crash(r)) for r in restart]
+    try:
+        code = await asyncio.wait_for(asyncio.to_thread(agent.wait), TIMEOUT)
+        assert code == 0, (logs / "agent.log").read_text()[-3000:]
+        for w in watchers:  # each crashed and came back before the campaign ended
+            assert w.done(), "a driver never reached its crash point"
+            w.result()
+    finally:
+        for w in watchers:
+            w.cancel()
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    return run
+
+
+def check_outcome(tmp_path: Path, run: Run) -> None:
+    """Rounds complete; every condition complete exactly once with the replicates its
+    rule demands; nothing counted twice; no command applied twice."""
+    rows = list(csv.DictReader((run.out / "conditions.csv").read_text().splitlines()))
+    names = [r["condition"] for r in rows]
+    assert len(names) == ROUNDS * BATCH == len(set(names)), names
+    assert {r["round"] for r in rows} == {str(k) for k in range(1, ROUNDS + 1)}
+    for r in rows:
+        assert r["status"] == "complete" and r["median_loss"], r
+        assert int(r["n_used"]) + int(r["n_rejected"]) == REPLICATES, r
+        assert int(r["n_used"]) >= (REPLICATES + 1) // 2, r
+
+    db = sqlite3.connect(run.out / "journal.sqlite")
+    try:
+        # the journal's own record: in the attempt that completed, up to its completion,
+        # exactly 5 valid droplets (accepted or outlier), each replicate index once
+        valid = db.execute(
+            "SELECT r.condition, r.replicate FROM replicates r "
+            "JOIN conditions c USING (condition) WHERE r.seq <= c.done_seq "
+            "AND r.attempt = c.attempt AND (r.verdict = 'accepted' OR r.code = 'outlier')"
+        ).fetchall()
+        outcomes = db.execute("SELECT condition, status FROM conditions").fetchall()
+    finally:
+        db.close()
+    assert sorted(outcomes) == sorted((n, "complete") for n in names)
+    assert len(valid) == len(set(valid)), "a replicate counted twice"
+    per_condition = Counter(c for c, _ in valid)
+    assert per_condition == dict.fromkeys(names, REPLICATES), per_condition
+
+    lines = [json.loads(x) for x in run.applied.read_text().splitlines()]
+    ids = [x["cmd_id"] for x in lines]
+    assert len(ids) == len(set(ids)), "the pump applied a command id twice"
