@@ -313,10 +313,12 @@ class AgentRuntime:
             )
             return
         restarted = False
-        if isinstance(msg, m.Hello):
+        if isinstance(msg, m.Hello) and self._sessions.get(msg.source) != msg.session:
+            # a new session numbers from 0 again; a hello of the same session (say,
+            # a duplicate) keeps its place in the sequence
             self._seq.reset(f"{msg.source}/commands")
             self._seq.reset(f"{msg.source}/events")
-            restarted = self._sessions.get(msg.source, msg.session) != msg.session
+            restarted = msg.source in self._sessions
             self._sessions[msg.source] = msg.session
         verdict = self._seq.observe(f"{msg.source}/{stream}", msg.seq)
         if not verdict.accepted:

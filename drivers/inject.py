@@ -3,7 +3,7 @@ its own messages at given rates, and crashes at a given point.
 
 For testing the agent's recovery only; a driver runs without it unless a
 :class:`FaultPlan` is given (``python -m drivers ROLE --fault-drop 0.05 ...``
-or ``--fault-file plan.json``, see ``docs/faults.md``). The injector sits
+or ``--fault-file plan.json``, see ``docs/drivers.md``). The injector sits
 between the driver runtime and its two sockets and works on *lists of frames*,
 whatever they hold, so it neither knows nor cares how a message is encoded
 (one frame or several):
@@ -12,8 +12,10 @@ whatever they hold, so it neither knows nor cares how a message is encoded
   it receives on the DEALER: the agent's commands and heartbeats) each have
   their own rates. Subscriptions arriving on the PUB and the simulation's
   reactor stream are never touched.
-- per message, at most one fault, drawn in this order from one seeded
-  generator: ``drop`` (gone), ``duplicate`` (the same frames twice),
+- per message, at most one fault, drawn in this order from a generator of its
+  own per direction and socket (seeded by ``seed``, the direction and the
+  socket, so the n-th message of a socket gets the same draw whatever the
+  timing of the others): ``drop`` (gone), ``duplicate`` (the same frames twice),
   ``corrupt`` (see below), ``reorder`` (held back and passed on right after
   the next message of the same direction and socket), ``delay`` (held for a
   uniform ``0 .. max_delay_s``; the socket's later messages wait behind it, so a
@@ -55,7 +57,7 @@ from typing import Annotated, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["FAULT_KINDS", "FaultInjector", "FaultPlan", "FaultRates"]
+__all__ = ["FAULT_KINDS", "FaultInjector", "FaultPlan", "FaultRates", "corrupt", "draw"]
 
 log = structlog.get_logger("drivers.inject")
 
@@ -101,7 +103,7 @@ class FaultPlan(BaseModel):
         in_: rates on what it receives (``"in"`` in a file).
         max_delay_s: longest delay, wall seconds.
         corrupt_mode: ``detectable`` (truncate / invalid byte) or ``bitflip``.
-        seed: seed of every draw (one generator per process).
+        seed: seed of the draws (one generator per direction and socket).
         crash_at: ``(kind, n)`` from ``"KIND:N"``: SIGKILL itself after the n-th
             message of that kind sent; None never.
     """
@@ -157,7 +159,7 @@ class FaultInjector:
         self.plan = plan
         self.counts: Counter[str] = Counter()
         self.sent: Counter[str] = Counter()
-        self._rng = random.Random(plan.seed)
+        self._rngs: dict[tuple[str, str], random.Random] = {}
         self._held: dict[tuple[str, str], tuple[Frames, Sink]] = {}
         self._kill = kill or _sigkill_self
 
@@ -179,8 +181,9 @@ class FaultInjector:
     async def _apply(
         self, rates: FaultRates, direction: str, stream: str, kind: str, frames: Frames, sink: Sink
     ) -> None:
-        fault = self._draw(rates)
         key = (direction, stream)
+        rng = self._rng(key)
+        fault = draw(rates, rng)
         held = self._held.pop(key, None)
         if fault is not None:
             self._note(fault, direction, stream, kind)
@@ -191,53 +194,67 @@ class FaultInjector:
                 await sink(frames)
                 await sink(list(frames))
             case "corrupt":
-                await sink(self._corrupt(frames))
+                await sink(corrupt(frames, self.plan.corrupt_mode, rng))
             case "reorder" if held is None:
                 self._held[key] = (frames, sink)
                 return
             case "reorder":  # already holding one: this one goes first, then both held
                 await sink(frames)
             case "delay":
-                await asyncio.sleep(self._rng.uniform(0.0, self.plan.max_delay_s))
+                await asyncio.sleep(rng.uniform(0.0, self.plan.max_delay_s))
                 await sink(frames)
             case _:
                 await sink(frames)
         if held is not None:
             await held[1](held[0])
 
-    def _draw(self, rates: FaultRates) -> str | None:
-        if not rates.any:
-            return None
-        x = self._rng.random()
-        for kind in FAULT_KINDS:
-            p = getattr(rates, kind)
-            if x < p:
-                return kind
-            x -= p
-        return None
-
-    def _corrupt(self, frames: Frames) -> Frames:
-        out = list(frames)
-        i = self._rng.randrange(len(out))
-        frame = bytearray(out[i])
-        if self.plan.corrupt_mode == "bitflip":
-            if frame:
-                pos = self._rng.randrange(len(frame))
-                frame[pos] ^= 1 << self._rng.randrange(8)
-            else:
-                frame = bytearray(b"\x01")
-        elif frame and _is_text(bytes(frame)) and self._rng.random() < 0.5:
-            frame[self._rng.randrange(len(frame))] = 0xFF
-        else:  # truncate, never to the same length
-            frame = frame[: self._rng.randrange(len(frame))] if frame else bytearray(b"\xff")
-        out[i] = bytes(frame)
-        return out
+    def _rng(self, key: tuple[str, str]) -> random.Random:
+        rng = self._rngs.get(key)
+        if rng is None:
+            rng = self._rngs[key] = random.Random(f"{self.plan.seed}/{key[0]}/{key[1]}")
+        return rng
 
     def _note(self, fault: str, direction: str, stream: str, kind: str, **extra: object) -> None:
         self.counts[f"{direction}.{fault}"] += 1
         log.info(
             "fault_injected", fault=fault, direction=direction, stream=stream, kind=kind, **extra
         )
+
+
+def draw(rates: FaultRates, rng: random.Random) -> str | None:
+    """The fault of one message (None: none), one uniform draw against the rates
+    in :data:`FAULT_KINDS` order."""
+    if not rates.any:
+        return None
+    x = rng.random()
+    for kind in FAULT_KINDS:
+        p = getattr(rates, kind)
+        if x < p:
+            return kind
+        x -= p
+    return None
+
+
+def corrupt(frames: Frames, mode: str, rng: random.Random) -> Frames:
+    """``frames`` with one frame damaged: ``detectable`` puts a ``0xFF`` byte into a
+    text frame (never valid UTF-8, so never valid JSON) or truncates the frame
+    (a JSON object cut short never parses; a topic cut short no longer matches
+    the body); ``bitflip`` flips one random bit, which may still decode."""
+    out = list(frames)
+    i = rng.randrange(len(out))
+    frame = bytearray(out[i])
+    if mode == "bitflip":
+        if frame:
+            pos = rng.randrange(len(frame))
+            frame[pos] ^= 1 << rng.randrange(8)
+        else:
+            frame = bytearray(b"\x01")
+    elif frame and _is_text(bytes(frame)) and rng.random() < 0.5:
+        frame[rng.randrange(len(frame))] = 0xFF
+    else:  # truncate, never to the same length
+        frame = frame[: rng.randrange(len(frame))] if frame else bytearray(b"\xff")
+    out[i] = bytes(frame)
+    return out
 
 
 def _kind_of(frames: Frames) -> str:
