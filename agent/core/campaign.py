@@ -979,6 +979,13 @@ class Campaign:
             return [note]
         return [note, self._acquire(rec, role, more, now)]
 
+    def _droplets_alive(self, p: Any, now: float) -> None:
+        """The spectrometer took an acquire of the active condition: its droplets are
+        on their way, so the wait for missing ones starts again now."""
+        rec = self.conditions.get(getattr(p.decision, "condition", ""))
+        if rec is not None and p.role == self.settings.spectrometer_role:
+            rec.droplets_since = max(rec.droplets_since, now)
+
     def _on_driver_up(self, ev: DriverUp) -> list[Decision]:
         was_up = ev.role in self._up
         self._up[ev.role] = ev.now
@@ -1034,6 +1041,8 @@ class Campaign:
 
     def _on_acquire_ack(self, ev: AcquireAcked) -> list[Decision]:
         p = self._pending.pop(ev.cmd_id, None)
+        if p is not None and ev.accepted:
+            self._droplets_alive(p, ev.now)
         if p is None or ev.accepted:
             return []
         cid = self._acquire_owner.get(ev.cmd_id, "")
