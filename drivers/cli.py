@@ -304,18 +304,21 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="longest the instrument may take to decide on a command (default: 5.0).",
     )
     faults = p.add_argument_group(
-        "fault injection (tests only; docs/faults.md)",
+        "fault injection (tests only; docs/drivers.md)",
         "Each rate is a probability per message; a message gets at most one fault. "
         '--fault-file gives a JSON plan instead ({"out": {"drop": 0.05}, "in": {...}, '
         '"seed": 1, "crash_at": "spectrum:37", ...}); flags given with it override it.',
     )
     for kind in FAULT_KINDS:
+        short = ["--fault-dup"] if kind == "duplicate" else []
         faults.add_argument(
             f"--fault-{kind}",
+            *short,
+            dest=f"fault_{kind}",
             type=_rate,
             default=None,
             metavar="P",
-            help=f"probability that a message gets a {kind} fault (default: 0).",
+            help=f"probability that a message is {_FAULT_HELP[kind]} (default: 0).",
         )
     faults.add_argument(
         "--fault-direction",
@@ -339,7 +342,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         "bit, which may go undetected (default: detectable).",
     )
     faults.add_argument(
-        "--fault-seed", type=int, default=None, help="seed of the fault draws (default: 0)."
+        "--fault-seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seed of the fault draws; the same seed gives the n-th message of a socket "
+        "the same fault in every run (default: 0).",
     )
     faults.add_argument(
         "--crash-at",
@@ -388,6 +396,15 @@ def _detector(p: argparse.ArgumentParser) -> None:
         help="simulated seconds to wait for the pump to be stable on the condition, then "
         "report a fault (default: 30).",
     )
+
+
+_FAULT_HELP = {
+    "drop": "dropped",
+    "duplicate": "sent twice",
+    "corrupt": "corrupted (see --fault-corrupt-mode)",
+    "reorder": "held back and passed on after the next one on its socket",
+    "delay": "held up to --fault-max-delay seconds (later ones wait behind it)",
+}
 
 
 def _fault_plan(args: argparse.Namespace) -> FaultPlan | None:
