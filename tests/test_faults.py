@@ -113,6 +113,13 @@ async def test_fault_matrix_every_condition_exactly_once_with_its_replicates(tmp
     for f in faults:  # each fault really injected, both ways
         assert injected[f"out.{f}"] > 0, injected
         assert injected[f"in.{f}"] > 0, injected
+    for role in ROLES:  # each driver reports its counts at exit, as logged one by one
+        records = run.log(f"{role}.log")
+        stopped = [r for r in records if r["event"] == "driver_stopped"]
+        one_by_one = Counter(
+            f"{r['direction']}.{r['fault']}" for r in records if r["event"] == "fault_injected"
+        )
+        assert len(stopped) == 1 and stopped[0]["faults"] == dict(one_by_one), (role, stopped)
     seen = run.agent_saw()
     if "drop" in faults:
         assert seen["sequence_gap"] > 0, seen

@@ -12,7 +12,8 @@ A condition moves through::
 
     queued -> setting -> settling -> measuring -> complete
                  |          |            |  \\-> (timeout) retry once -> setting
-                 |          |            |  (droplets missing: asked for again, same attempt)
+                 |          |            |  (droplets missing for droplet_timeout_s: asked
+                 |          |            |   for again, same attempt, replicates kept)
                  |          |            \\----> failed (second timeout)
                  \\--------- +--> failed (pump refused the setpoint / never settled twice)
 
