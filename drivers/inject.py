@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["FAULT_KINDS", "FaultInjector", "FaultPlan", "FaultRates", "corrupt", "draw"]
 
@@ -82,13 +82,12 @@ class FaultRates(BaseModel):
     reorder: Rate = 0.0
     delay: Rate = 0.0
 
-    @field_validator("delay")
-    @classmethod
-    def _sum_at_most_one(cls, v: float, info) -> float:  # type: ignore[no-untyped-def]
-        total = v + sum(info.data.get(k, 0.0) for k in FAULT_KINDS if k != "delay")
+    @model_validator(mode="after")
+    def _sum_at_most_one(self) -> FaultRates:
+        total = sum(getattr(self, k) for k in FAULT_KINDS)
         if total > 1.0 + 1e-12:
             raise ValueError(f"the fault rates add up to {total:g}, more than 1")
-        return v
+        return self
 
     @property
     def any(self) -> bool:

@@ -41,8 +41,6 @@ import pytest
 from agent.demo import find_free_base
 from drivers.inject import FaultRates, draw
 
-pytestmark = pytest.mark.e2e
-
 ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = ROOT / "examples" / "agnp.toml"
 RATE = float(os.environ.get("SDL_FAULT_RATE", "0.05"))
@@ -50,6 +48,10 @@ ROUNDS = int(os.environ.get("SDL_FAULT_ROUNDS", "2"))
 BATCH = 4
 REPLICATES = 5  # min_count = max_count = per_acquire: every condition ends with exactly 5
 TIMEOUT = 90.0 + 30.0 * ROUNDS  # generous: a loaded 2-core machine
+
+# pytest-timeout's 120 s is too short for long runs (SDL_FAULT_ROUNDS)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(TIMEOUT + 60)]
+
 ROLES = ("pump", "spectrometer", "xrd")
 EARLY = 6  # each driver receives at least this many messages (hello answer, commands)
 TIME_SCALE = 0.005
