@@ -182,7 +182,7 @@ class ConditionRecord:
     timeouts: int = 0  # attempts that stalled (the retry budget counts these)
     n_requested: int = 0  # droplets asked of the spectrometer in this attempt
     n_commands: int = 0  # acquire commands sent in this attempt
-    droplets_since: float = 0.0  # last spectrometer acquire sent or droplet in (this attempt)
+    droplets_since: float = 0.0  # last spectrometer acquire sent or acked, or droplet in
     unlabelled: bool = False  # complete, and no label came within the label timeout
 
     @property
@@ -945,7 +945,7 @@ class Campaign:
 
     def _check_missing(self, rec: ConditionRecord, now: float) -> list[Decision]:
         """Droplets asked for and not in within ``droplet_timeout_s`` of the last
-        sign of life (the acquire, or any droplet of the condition) were lost on
+        sign of them (the acquire sent or acked, or a droplet of the condition) were lost on
         the way: write them off and ask the spectrometer for as many again, in the
         same attempt, keeping every replicate already in. Not a stall: the retry
         budget is untouched. While the acquire itself is unacknowledged, its
@@ -980,7 +980,7 @@ class Campaign:
             return [note]
         return [note, self._acquire(rec, role, more, now)]
 
-    def _droplets_alive(self, p: Any, now: float) -> None:
+    def _droplets_alive(self, p: _Pending, now: float) -> None:
         """The spectrometer took an acquire of the active condition: its droplets are
         on their way, so the wait for missing ones starts again now."""
         rec = self.conditions.get(getattr(p.decision, "condition", ""))

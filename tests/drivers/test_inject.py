@@ -181,3 +181,20 @@ def test_cli_help_lists_every_fault_flag(capsys):
         assert flag in text
     for flag in ("--fault-corrupt", "--fault-seed", "--crash-at", "--fault-file"):
         assert flag in text
+
+
+def test_a_fault_file_is_read_and_flags_override_it(tmp_path):
+    from drivers.cli import _fault_plan, build_parser
+
+    path = tmp_path / "plan.json"
+    path.write_text(
+        '{"out": {"drop": 0.1}, "in": {"delay": 0.2}, "seed": 9, "crash_at": "spectrum:3"}'
+    )
+    args = build_parser().parse_args(
+        ["spectrometer", "--fault-file", str(path), "--fault-dup", "0.05", "--fault-seed", "4"]
+    )
+    plan = _fault_plan(args)
+    assert plan is not None and plan.seed == 4 and plan.crash_at == ("spectrum", 3)
+    assert (plan.out.drop, plan.out.duplicate) == (0.1, 0.05)
+    assert (plan.in_.delay, plan.in_.duplicate) == (0.2, 0.05)
+    assert _fault_plan(build_parser().parse_args(["pump"])) is None  # nothing asked, no injector
