@@ -118,6 +118,7 @@ class ReplicatesConfig(_Section):
     settle_window: Annotated[int, Field(ge=1, le=1000)] = 3
     timeout_s: Pos = 120.0
     retries: Annotated[int, Field(ge=0, le=10)] = 1
+    droplet_timeout_s: Pos = 30.0
 
     @model_validator(mode="after")
     def _check(self) -> ReplicatesConfig:

@@ -34,6 +34,7 @@ from agent.core.events import (
     AcquireAcked,
     Announce,
     Decision,
+    DriverDown,
     DriverUp,
     Event,
     FlowStable,
@@ -142,6 +143,7 @@ class AgentRuntime:
         self._out_seq: dict[str, int] = {}
         self._identity: dict[str, bytes] = {}  # role -> ROUTER identity
         self._role_of: dict[str, str] = {}  # source -> role
+        self._sessions: dict[str, str] = {}  # source -> session of its last hello
         self._stop_requested = asyncio.Event()
         self._stopped = asyncio.Event()
         self._router: zmq.asyncio.Socket | None = None
@@ -310,15 +312,22 @@ class AgentRuntime:
                 msg,
             )
             return
-        if isinstance(msg, m.Hello):
+        restarted = False
+        if isinstance(msg, m.Hello) and self._sessions.get(msg.source) != msg.session:
+            # a new session numbers from 0 again; a hello of the same session (say,
+            # a duplicate) keeps its place in the sequence
             self._seq.reset(f"{msg.source}/commands")
             self._seq.reset(f"{msg.source}/events")
+            restarted = msg.source in self._sessions
+            self._sessions[msg.source] = msg.session
         verdict = self._seq.observe(f"{msg.source}/{stream}", msg.seq)
         if not verdict.accepted:
             self._reject(
                 identity, stream, "duplicate", f"seq {msg.seq} from {msg.source} already seen", msg
             )
             return
+        if verdict.status == "late":
+            log.info("sequence_late", source=msg.source, stream=stream, seq=msg.seq)
         if verdict.status == "gap":
             self.counters.gaps += 1
             self.counters.missing += verdict.missing
@@ -337,6 +346,12 @@ class AgentRuntime:
             self._greet(identity)
             if role not in self._identity:
                 return
+        if restarted and isinstance(msg, m.Hello) and self.campaign.is_up(msg.role):
+            # a new session within the heartbeat timeout: the driver restarted and lost
+            # what it was doing; the campaign hears it went down before it hears the hello
+            log.warning("driver_restarted", source=msg.source, role=msg.role, session=msg.session)
+            down = DriverDown(msg.role, now)
+            self._act(down, self.campaign.handle(down))
         self.campaign.driver_seen(role, now)
         event = self._to_event(msg, identity, now)
         if event is not None:

@@ -18,8 +18,10 @@ from urllib.parse import urlsplit
 
 import structlog
 import zmq
+from pydantic import ValidationError
 
 from drivers.faults import ModelError
+from drivers.inject import FAULT_KINDS, FaultPlan
 from drivers.logs import LEVELS, configure_logging
 from drivers.pump import DEFAULT_CHANNELS, REACTOR_PORT_OFFSET, Channel, SimulatedPump
 from drivers.runtime import Instrument, RuntimeSettings, run_driver
@@ -51,9 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             heartbeat_s=args.heartbeat,
             heartbeat_timeout_s=args.heartbeat_timeout,
             command_timeout_s=args.command_timeout,
+            faults=_fault_plan(args),
         )
         instrument = _BUILDERS[args.role](args)
-    except (ValueError, TypeError, ModelError) as exc:
+    except (ValueError, TypeError, ModelError, OSError) as exc:
         log.error("driver_config_invalid", error=str(exc))
         print(f"{parser.prog} {args.role}: error: {exc}", file=sys.stderr)
         return 2
@@ -300,6 +303,62 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="longest the instrument may take to decide on a command (default: 5.0).",
     )
+    faults = p.add_argument_group(
+        "fault injection (tests only; docs/drivers.md)",
+        "Each rate is a probability per message; a message gets at most one fault. "
+        '--fault-file gives a JSON plan instead ({"out": {"drop": 0.05}, "in": {...}, '
+        '"seed": 1, "crash_at": "spectrum:37", ...}); flags given with it override it.',
+    )
+    for kind in FAULT_KINDS:
+        short = ["--fault-dup"] if kind == "duplicate" else []
+        faults.add_argument(
+            f"--fault-{kind}",
+            *short,
+            dest=f"fault_{kind}",
+            type=_rate,
+            default=None,
+            metavar="P",
+            help=f"probability that a message is {_FAULT_HELP[kind]} (default: 0).",
+        )
+    faults.add_argument(
+        "--fault-direction",
+        choices=("out", "in", "both"),
+        default="both",
+        help="which traffic the --fault-* rates apply to: what the driver sends, what it "
+        "receives on its commands socket, or both (default: both).",
+    )
+    faults.add_argument(
+        "--fault-max-delay",
+        type=_nonneg,
+        default=None,
+        metavar="S",
+        help="longest injected delay, wall seconds (default: 0.05).",
+    )
+    faults.add_argument(
+        "--fault-corrupt-mode",
+        choices=("detectable", "bitflip"),
+        default=None,
+        help="detectable: truncate a frame or put an invalid byte in it; bitflip: flip one "
+        "bit, which may go undetected (default: detectable).",
+    )
+    faults.add_argument(
+        "--fault-seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seed of the fault draws; the same seed gives the n-th message of a socket "
+        "the same fault in every run (default: 0).",
+    )
+    faults.add_argument(
+        "--crash-at",
+        default=None,
+        metavar="KIND:N",
+        help="SIGKILL this driver right after it sent its N-th message of KIND "
+        "(e.g. spectrum:37, setpoint_ack:2).",
+    )
+    faults.add_argument(
+        "--fault-file", default=None, metavar="PATH", help="a JSON fault plan (see above)."
+    )
     p.add_argument(
         "--log-level",
         choices=LEVELS,
@@ -337,6 +396,44 @@ def _detector(p: argparse.ArgumentParser) -> None:
         help="simulated seconds to wait for the pump to be stable on the condition, then "
         "report a fault (default: 30).",
     )
+
+
+_FAULT_HELP = {
+    "drop": "dropped",
+    "duplicate": "sent twice",
+    "corrupt": "corrupted (see --fault-corrupt-mode)",
+    "reorder": "held back and passed on after the next one on its socket",
+    "delay": "held up to --fault-max-delay seconds (later ones wait behind it)",
+}
+
+
+def _fault_plan(args: argparse.Namespace) -> FaultPlan | None:
+    """The fault plan of the command line (None when it asks for none).
+
+    Raises:
+        ValueError: the plan is invalid (rates, crash point, file).
+        OSError: the fault file cannot be read.
+    """
+    try:
+        base = FaultPlan.from_file(args.fault_file) if args.fault_file else FaultPlan()
+        data = base.model_dump(by_alias=True)
+        rates = {k: getattr(args, f"fault_{k}") for k in FAULT_KINDS}
+        rates = {k: v for k, v in rates.items() if v is not None}
+        for direction in ("out", "in"):
+            if args.fault_direction in (direction, "both"):
+                data[direction] = {**data[direction], **rates}
+        for key, value in (
+            ("max_delay_s", args.fault_max_delay),
+            ("corrupt_mode", args.fault_corrupt_mode),
+            ("seed", args.fault_seed),
+            ("crash_at", args.crash_at),
+        ):
+            if value is not None:
+                data[key] = value
+        plan = FaultPlan.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"invalid fault plan: {exc}") from None
+    return plan if plan.active else None
 
 
 def _build_pump(args: argparse.Namespace) -> Instrument:
@@ -430,6 +527,13 @@ def _pair(text: str, flag: str) -> tuple[float, float]:
     if not sep:
         raise ValueError(f"{flag} must be A:B, got {text!r}")
     return float(a), float(b)
+
+
+def _rate(text: str) -> float:
+    value = _nonneg(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}")
+    return value
 
 
 def _nonneg(text: str) -> float:

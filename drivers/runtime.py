@@ -56,6 +56,7 @@ import zmq
 import zmq.asyncio
 from pydantic import BaseModel, ValidationError
 
+from drivers.inject import FaultInjector, FaultPlan
 from protocols.codec import DEFAULT_MAX_BYTES, decode, encode
 from protocols.errors import CodecError
 from protocols.messages import (
@@ -203,6 +204,8 @@ class RuntimeSettings:
         ack_memory: how many answered ``cmd_id`` are remembered for duplicates.
         max_bytes: largest message accepted (all frames).
         shutdown_linger_ms: linger when closing sockets at shutdown, for the last messages.
+        faults: faults to inject into this driver's own traffic (tests only; see
+            :mod:`drivers.inject`); None injects nothing.
     """
 
     connect: str = DEFAULT_BASE
@@ -214,6 +217,7 @@ class RuntimeSettings:
     ack_memory: int = 10_000
     max_bytes: int = DEFAULT_MAX_BYTES
     shutdown_linger_ms: int = 200
+    faults: FaultPlan | None = None
 
     def __post_init__(self) -> None:
         if self.name and not _NAME.match(self.name):
@@ -322,9 +326,13 @@ class DriverRuntime:
         self._last_heard = 0.0
         self._beat_pending = False
         self._subscribed = False
-        self._greet = False
+        # a new session always begins with a hello, even when the agent spoke first
+        # (a restart within the agent's heartbeat timeout: it must see the new session)
+        self._greet = True
         self._stop = asyncio.Event()
         self._spawned: set[asyncio.Task[None]] = set()
+        plan = self.settings.faults
+        self.faults = FaultInjector(plan) if plan is not None and plan.active else None
 
     # -- Link --------------------------------------------------------------------
 
@@ -430,20 +438,28 @@ class DriverRuntime:
                 exit_code=code,
                 rejected=dict(self.rejected),
                 duplicates=self.duplicates,
+                **({"faults": dict(self.faults.counts)} if self.faults is not None else {}),
             )
         return code
 
     # -- the DEALER: commands in, hellos/heartbeats/acks/faults out ------------------
 
     async def _command_loop(self, sock: zmq.asyncio.Socket) -> None:
-        await _own_socket(sock, self._outbox, lambda m: self._send(sock, m), self._on_frames)
+        receive = self._on_frames
+        if self.faults is not None:
+            injector = self.faults
+
+            async def receive(frames: list[bytes]) -> None:
+                await injector.receive(frames, self._on_frames, stream="commands")
+
+        await _own_socket(sock, self._outbox, lambda m: self._send(sock, m), receive)
 
     async def _send(self, sock: zmq.asyncio.Socket, msg: BaseModel) -> None:
         liveness = isinstance(msg, Hello | Heartbeat)
         try:
             stamped = msg.model_copy(update={"seq": self._dealer_seq})
             await asyncio.wait_for(
-                sock.send_multipart(encode(stamped)), self.settings.send_timeout_s
+                self._wire(sock, encode(stamped), "commands", msg), self.settings.send_timeout_s
             )
             self._dealer_seq += 1
         except TimeoutError:
@@ -462,6 +478,9 @@ class DriverRuntime:
             return
         self._heard(msg)
         if isinstance(msg, Heartbeat):
+            return
+        if isinstance(msg, Hello):  # the agent does not know this session: say hello now
+            self._greet = True
             return
         if isinstance(msg, Setpoint | SafeState | Acquire):
             await self._on_command(msg)
@@ -553,7 +572,7 @@ class DriverRuntime:
         try:
             stamped = msg.model_copy(update={"seq": self._pub_seq})
             await asyncio.wait_for(
-                sock.send_multipart(encode(stamped)), self.settings.send_timeout_s
+                self._wire(sock, encode(stamped), "events", msg), self.settings.send_timeout_s
             )
             self._pub_seq += 1
         except TimeoutError:
@@ -619,6 +638,17 @@ class DriverRuntime:
             log.info("link_up", first_kind=msg.kind)
 
     # -- helpers ------------------------------------------------------------------------
+
+    async def _wire(
+        self, sock: zmq.asyncio.Socket, frames: list[bytes], stream: str, msg: BaseModel
+    ) -> None:
+        """Send ``frames`` on ``sock``; through the fault injector when there is one."""
+        if self.faults is None:
+            await sock.send_multipart(frames)
+            return
+        await self.faults.send(
+            frames, sock.send_multipart, stream=stream, kind=getattr(msg, "kind", "?")
+        )
 
     def _envelope(self) -> dict[str, Any]:
         return {

@@ -12,6 +12,8 @@ A condition moves through::
 
     queued -> setting -> settling -> measuring -> complete
                  |          |            |  \\-> (timeout) retry once -> setting
+                 |          |            |  (droplets missing for droplet_timeout_s: asked
+                 |          |            |   for again, same attempt, replicates kept)
                  |          |            \\----> failed (second timeout)
                  \\--------- +--> failed (pump refused the setpoint / never settled twice)
 
@@ -180,6 +182,7 @@ class ConditionRecord:
     timeouts: int = 0  # attempts that stalled (the retry budget counts these)
     n_requested: int = 0  # droplets asked of the spectrometer in this attempt
     n_commands: int = 0  # acquire commands sent in this attempt
+    droplets_since: float = 0.0  # last spectrometer acquire sent or acked, or droplet in
     unlabelled: bool = False  # complete, and no label came within the label timeout
 
     @property
@@ -742,6 +745,7 @@ class Campaign:
         self._acquire_owner[cmd_id] = rec.condition
         if role == self.settings.spectrometer_role:
             rec.n_requested += n
+            rec.droplets_since = now
         d = SendAcquire(cmd_id, role, rec.condition, n, rec.attempt)
         self._command(d, role, now)
         return d
@@ -925,7 +929,7 @@ class Campaign:
         measuring = rec.state == "measuring" and rec.replicates is not None
         timed_out = measuring and rec.replicates.timed_out(now)  # type: ignore[union-attr]
         if not (stuck or timed_out):
-            return []
+            return self._check_missing(rec, now) if measuring else []
         what = "pump did not settle" if stuck else "replicates timed out"
         rec.timeouts += 1
         if rec.timeouts <= s.replicates.retries:
@@ -938,6 +942,50 @@ class Campaign:
             self._set_state(rec, "queued", now)
             return [note, *self._send_setpoint(rec, now)]
         return self._fail(rec, now, f"{what} after {rec.timeouts} attempts")
+
+    def _check_missing(self, rec: ConditionRecord, now: float) -> list[Decision]:
+        """Droplets asked for and not in within ``droplet_timeout_s`` of the last
+        sign of them (the acquire sent or acked, or a droplet of the condition) were lost on
+        the way: write them off and ask the spectrometer for as many again, in the
+        same attempt, keeping every replicate already in. Not a stall: the retry
+        budget is untouched. While the acquire itself is unacknowledged, its
+        resending covers the loss."""
+        s = self.settings
+        reps = rec.replicates
+        assert reps is not None
+        arrived = reps.n_received + reps.n_invalid
+        missing = rec.n_requested - arrived
+        if missing <= 0 or reps.complete:
+            return []
+        if now - rec.droplets_since <= s.replicates.droplet_timeout_s:
+            return []
+        role = s.spectrometer_role
+        for p in self._pending.values():
+            if p.role == role and getattr(p.decision, "condition", None) == rec.condition:
+                return []
+        rec.n_requested = arrived
+        more = reps.need_more()
+        note = Note(
+            "droplets_missing",
+            {
+                "condition": rec.condition,
+                "attempt": rec.attempt,
+                "missing": missing,
+                "asked": more,
+                "waited_s": round(now - rec.droplets_since, 3),
+            },
+            "warning",
+        )
+        if more <= 0:
+            return [note]
+        return [note, self._acquire(rec, role, more, now)]
+
+    def _droplets_alive(self, p: _Pending, now: float) -> None:
+        """The spectrometer took an acquire of the active condition: its droplets are
+        on their way, so the wait for missing ones starts again now."""
+        rec = self.conditions.get(getattr(p.decision, "condition", ""))
+        if rec is not None and p.role == self.settings.spectrometer_role:
+            rec.droplets_since = max(rec.droplets_since, now)
 
     def _on_driver_up(self, ev: DriverUp) -> list[Decision]:
         was_up = ev.role in self._up
@@ -994,6 +1042,8 @@ class Campaign:
 
     def _on_acquire_ack(self, ev: AcquireAcked) -> list[Decision]:
         p = self._pending.pop(ev.cmd_id, None)
+        if p is not None and ev.accepted:
+            self._droplets_alive(p, ev.now)
         if p is None or ev.accepted:
             return []
         cid = self._acquire_owner.get(ev.cmd_id, "")
@@ -1032,6 +1082,7 @@ class Campaign:
             why = "unknown condition" if rec is None else f"condition is {rec.state}, not measuring"
             return [_reject("spectrum", ev.condition, ev.replicate, "not_active", why)]
         verdict = rec.replicates.add(ev.replicate, ev.values, ev.wl_start, ev.wl_step, ev.now)
+        rec.droplets_since = max(rec.droplets_since, ev.now)
         out: list[Decision] = []
         if isinstance(verdict, Rejected):
             out.append(

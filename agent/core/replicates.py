@@ -170,6 +170,10 @@ class ReplicateSettings:
         settle_window: ... at each of the last this-many accepted additions.
         timeout_s: stall timeout, seconds without a valid replicate.
         retries: how many times the campaign retries a timed-out condition.
+        droplet_timeout_s: droplets asked for and not in after this many seconds
+            without any droplet of the condition arriving are taken as lost, and
+            asked for again (same attempt, nothing discarded, not a stall). Only
+            useful below ``timeout_s``.
     """
 
     min_count: int = 5
@@ -181,6 +185,7 @@ class ReplicateSettings:
     settle_window: int = 3
     timeout_s: float = 120.0
     retries: int = 1
+    droplet_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -200,6 +205,8 @@ class ReplicateSettings:
             problems.append(f"settle_window={self.settle_window} < 0")
         if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
             problems.append(f"timeout_s={self.timeout_s} must be finite and > 0")
+        if not (self.droplet_timeout_s > 0 and math.isfinite(self.droplet_timeout_s)):
+            problems.append(f"droplet_timeout_s={self.droplet_timeout_s} must be finite and > 0")
         if self.retries < 0:
             problems.append(f"retries={self.retries} < 0")
         if problems:

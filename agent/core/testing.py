@@ -23,6 +23,7 @@ from agent.core.events import (
     SendSetpoint,
     SetpointAcked,
     SpectrumIn,
+    Tick,
 )
 from agent.core.objective import AgnpLoss
 from agent.core.replicates import Grid, ReplicateSettings
@@ -137,16 +138,27 @@ class ToyLab:
         noise: standard deviation of the white noise on each toy spectrum.
         seed: seeds that noise.
         dt: fake seconds per command served.
+        idle_tick: when nothing is left to answer and the campaign has not
+            stopped, advance the clock this much and feed a :class:`Tick` (the
+            drivers still heard from), so that timers fire; None (the default)
+            stops serving instead.
     """
 
     roles = ("pump", "spectrometer", "xrd")
 
     def __init__(
-        self, campaign: Campaign, *, noise: float = 0.0, seed: int = 0, dt: float = 0.01
+        self,
+        campaign: Campaign,
+        *,
+        noise: float = 0.0,
+        seed: int = 0,
+        dt: float = 0.01,
+        idle_tick: float | None = None,
     ) -> None:
         self.c = campaign
         self.now = 0.0
         self.dt = dt
+        self.idle_tick = idle_tick
         self.noise = noise
         self.rng = np.random.default_rng(seed)
         self.log: list[Decision] = []
@@ -159,6 +171,11 @@ class ToyLab:
         """One droplet's spectrum for ``condition`` (on the toy grid)."""
         recipe = self.c.conditions[condition].recipe
         return toy_spectrum(recipe) + self.noise * self.rng.standard_normal(TOY_GRID.n)
+
+    def delivered(self, condition: str, replicate: int) -> bool:
+        """Whether droplet ``replicate`` of ``condition`` reaches the campaign (False:
+        measured, numbered, and lost on the way)."""
+        return True
 
     def label(self, condition: str) -> tuple[str, float] | None:
         """The XRD's label for ``condition`` at once, or None to withhold it (a late label)."""
@@ -191,8 +208,16 @@ class ToyLab:
         queue = list(decisions)
         grid = self.c.settings.grid
         steps = 0
-        while queue and steps < max_steps:
+        while steps < max_steps:
             steps += 1
+            if not queue:
+                if self.idle_tick is None or self.c.stopped:
+                    break
+                self.now += self.idle_tick
+                for role in self.roles:
+                    self.c.driver_seen(role, self.now)
+                queue += self.feed(Tick(self.now))
+                continue
             d = queue.pop(0)
             self.now += self.dt
             if isinstance(d, SendSetpoint):
@@ -204,6 +229,8 @@ class ToyLab:
                     k = self.replicate_k.get(d.condition, 0)
                     self.replicate_k[d.condition] = k + 1
                     values = self.spectrum(d.condition)
+                    if not self.delivered(d.condition, k):
+                        continue
                     queue += self.feed(
                         SpectrumIn(d.condition, k, values, grid.start, grid.step, self.now)
                     )

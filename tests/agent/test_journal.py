@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -139,8 +140,23 @@ def test_late_labels_are_restored_on_their_condition_and_rejected_ones_stay_out(
     assert (cond["r01-c02"]["phase"], cond["r01-c03"]["phase"]) == ("Ag2O", "")
 
 
-def test_restore_at_every_step_matches_the_live_campaign_and_its_next_proposal(tmp_path):
+class LossyLab(JournalledLab):
+    """Loses droplet 1 of every condition on the way: the campaign asks for it again
+    after the droplet timeout (``droplets_missing``), in the same attempt."""
+
+    def __init__(self, campaign: Campaign, journal: Journal, on_step=None) -> None:
+        super().__init__(campaign, journal, on_step)
+        self.idle_tick = 0.5
+
+    def delivered(self, condition: str, replicate: int) -> bool:
+        return replicate != 1
+
+
+@pytest.mark.parametrize("lab_class", [JournalledLab, LossyLab], ids=["perfect", "lossy"])
+def test_restore_at_every_step_matches_the_live_campaign_and_its_next_proposal(tmp_path, lab_class):
     settings = toy_settings(rounds=3, batch_size=3)
+    if lab_class is LossyLab:
+        settings = replace(settings, replicates=replace(settings.replicates, droplet_timeout_s=1.0))
     path = tmp_path / "j.sqlite"
     checked = {"steps": 0, "proposals": 0}
 
@@ -159,8 +175,14 @@ def test_restore_at_every_step_matches_the_live_campaign_and_its_next_proposal(t
             assert outcome(restored) == outcome(lab.c)
 
     with new_journal(path) as j:
-        JournalledLab(Campaign(settings, seed=7), j, on_step=check).run()
+        lab = lab_class(Campaign(settings, seed=7), j, on_step=check)
+        lab.run()
     assert checked["proposals"] == 3 and checked["steps"] > 50
+    missing = [d for d in lab.log if isinstance(d, Note) and d.event == "droplets_missing"]
+    assert len(missing) == (9 if lab_class is LossyLab else 0)
+    with sqlite3.connect(path) as db:  # each write-off is journalled, with its new acquire
+        kinds = [k for (k,) in db.execute("SELECT kind FROM events ORDER BY seq")]
+    assert kinds.count("droplets_missing") == len(missing)
 
 
 def test_a_setpoint_not_yet_acked_is_resent_with_the_same_command_id(tmp_path):

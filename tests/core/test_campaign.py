@@ -10,6 +10,7 @@ import pytest
 
 from agent.core.campaign import Campaign, CampaignError, Result, TellError
 from agent.core.events import (
+    AcquireAcked,
     Announce,
     DriverDown,
     DriverUp,
@@ -26,6 +27,7 @@ from agent.core.events import (
     SpectrumIn,
     Tick,
 )
+from agent.core.replicates import ReplicateSettings
 from agent.core.stopping import AllOf, AnyOf, MaxRounds, StopReason, WallTime
 from agent.core.testing import ToyLab, toy_settings, toy_spectrum
 from protocols import messages as m
@@ -286,6 +288,71 @@ def test_stalled_measurement_is_retried_once_then_failed():
     assert done and done[0].fields["status"] == "failed"
     assert "timed out after 2 attempts" in done[0].fields["reason"]
     assert of(out, SendSetpoint)[0].condition != sp.condition  # moved on
+
+
+class LossyLab(ToyLab):
+    """Loses droplets 1 and 2 of every condition on the way (the first acquire's)."""
+
+    def __init__(self, c: Campaign) -> None:
+        super().__init__(c, idle_tick=0.25)
+
+    def delivered(self, condition: str, replicate: int) -> bool:
+        return replicate not in (1, 2)
+
+
+def test_lost_droplets_are_asked_for_again_keeping_the_replicates_in_and_no_stall():
+    reps = ReplicateSettings(
+        min_count=3, max_count=6, per_acquire=3, settle_window=1, timeout_s=10.0,
+        droplet_timeout_s=1.0,
+    )  # fmt: skip
+    c = Campaign(toy_settings(rounds=2, batch_size=3, replicates=reps), seed=0)
+    lab = LossyLab(c)
+    lab.run()
+    assert c.stopped and c.rounds_complete == 2
+    missing = [d for d in lab.log if isinstance(d, Note) and d.event == "droplets_missing"]
+    assert sorted(d.fields["condition"] for d in missing) == sorted(c.conditions)
+    for d in missing:  # written off after the droplet timeout, not the stall timeout
+        assert d.fields["missing"] == 2 and d.fields["attempt"] == 1
+        assert 1.0 < d.fields["waited_s"] < 10.0
+    for rec in c.conditions.values():
+        assert rec.state == "complete" and rec.attempt == 1 and rec.timeouts == 0
+        status = rec.replicates.status()
+        kept = set(status.used) | {k for k, _, _ in status.outliers}
+        assert 0 in kept and not kept & {1, 2}  # the first droplet was kept, none lost came
+        assert status.n_received >= 3
+    assert not [d for d in lab.log if isinstance(d, Note) and d.event == "condition_retry"]
+    acquires = [d for d in of(lab.log, SendAcquire) if d.role == "spectrometer"]
+    assert {d.attempt for d in acquires} == {1}  # asked again in the same attempt
+
+
+def test_missing_droplets_wait_while_the_acquire_is_unacknowledged():
+    reps = ReplicateSettings(
+        min_count=3, max_count=6, per_acquire=3, settle_window=1, timeout_s=10.0,
+        droplet_timeout_s=1.0,
+    )  # fmt: skip
+    c = Campaign(toy_settings(replicates=reps), seed=0)
+    sp = of(up(c), SendSetpoint)[0]
+    c.handle(SetpointAcked(sp.cmd_id, True, "", 0.1))
+    out = c.handle(FlowStable(sp.cmd_id, sp.condition, 0.2))
+    acq = next(d for d in of(out, SendAcquire) if d.role == "spectrometer")
+
+    def tick(t):
+        for role in ROLES:
+            c.driver_seen(role, t)
+        return c.handle(Tick(t))
+
+    out = tick(2.0)  # no ack: the acquire is resent, nothing is written off
+    assert [d.cmd_id for d in of(out, SendAcquire) if d.role == "spectrometer"] == [acq.cmd_id]
+    assert not [d for d in out if isinstance(d, Note) and d.event == "droplets_missing"]
+    c.handle(AcquireAcked(acq.cmd_id, True, "", 2.1))
+    out = tick(2.9)  # acked 0.8 s ago: the droplets may still be on their way
+    assert not [d for d in of(out, SendAcquire) if d.role == "spectrometer"]
+    assert not of(out, Note)
+    out = tick(3.2)  # nothing for 1.1 s since the ack: written off, asked for again
+    asked = [d for d in of(out, SendAcquire) if d.role == "spectrometer"]
+    assert len(asked) == 1 and asked[0].cmd_id != acq.cmd_id and asked[0].n == 3
+    assert [d.fields["missing"] for d in out if isinstance(d, Note)] == [3]
+    assert c.conditions[sp.condition].timeouts == 0
 
 
 def test_late_and_contradicting_phase_labels_attach_to_their_condition():
