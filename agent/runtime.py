@@ -34,6 +34,7 @@ from agent.core.events import (
     AcquireAcked,
     Announce,
     Decision,
+    DriverFault,
     DriverUp,
     Event,
     FlowStable,
@@ -333,8 +334,10 @@ class AgentRuntime:
         role = self._role_of.get(msg.source, msg.source)
         if identity is not None and not isinstance(msg, m.Hello) and not self.campaign.is_up(role):
             # A driver with no current hello (we restarted, or it was counted down):
-            # greet it; it answers with its hello, which brings it (back) up.
-            self._greet(identity)
+            # greet it; it answers with its hello, which brings it (back) up. Not one
+            # that reported a fatal fault: only a hello of a new session brings it back.
+            if not self.campaign.is_faulted(role):
+                self._greet(identity)
             if role not in self._identity:
                 return
         self.campaign.driver_seen(role, now)
@@ -355,7 +358,7 @@ class AgentRuntime:
                     instrument=msg.instrument,
                 )
                 self._send(msg.role, m.Heartbeat(**self._env(msg.role)))  # "heard you"
-                return DriverUp(msg.role, now)
+                return DriverUp(msg.role, now, msg.session)
             case m.SetpointAck():
                 return SetpointAcked(msg.cmd_id, msg.accepted, msg.reason, now)
             case m.AcquireAck():
@@ -369,14 +372,9 @@ class AgentRuntime:
                 )
             case m.PhaseLabel():
                 return PhaseLabelIn(msg.condition, msg.phase, msg.confidence, now, msg.source)
-            case m.Fault():
-                log.error(
-                    "driver_fault",
-                    source=msg.source,
-                    code=msg.code,
-                    detail=msg.detail,
-                    severity=msg.severity,
-                )
+            case m.Fault():  # logged by the core (driver_fault), which decides what it means
+                role = self._role_of.get(msg.source, msg.source)
+                return DriverFault(role, msg.code, msg.severity, msg.detail, now)
         return None
 
     def _reject(
