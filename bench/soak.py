@@ -12,13 +12,16 @@ the number of open file descriptors (entries of ``/proc/PID/fd``), and counts th
 conditions completed so far (``condition_complete`` on the agent's status endpoint).
 
 Figures per process: first, last and largest sample; over the second half (after
-warm-up) the least-squares slope of RSS per hour, the RSS growth, and the range of
-the FD count. "Flat" means: the FD count does not change over the second half, and
-the RSS grows by less than 5 MB (or 2 %) over it. The agent keeps the campaign's
-history in memory by design (every condition's record, its median spectrum and its
-observation row); the script measures what that costs per condition by restoring
-the run's journal into a fresh ``Campaign`` under ``tracemalloc``, and judges the
-agent's RSS growth after subtracting that expected part (and says so).
+warm-up) the least-squares slopes of RSS (kB/min) and of the FD count (FDs/min),
+the RSS growth, and the range of the FD count; the journal's size (with its WAL)
+is sampled too. "Flat" means: the FD count does not change over the second half,
+and the RSS grows by less than 5 MB (or 2 %) over it. The agent keeps the
+campaign's history in memory by design (every condition's record, its used
+spectra, median spectrum and observation row), so its growth is judged after
+subtracting that expected part: the Python heap of the run's journal restored
+into a fresh ``Campaign`` (``tracemalloc``) plus the used spectra a live campaign
+keeps and a restore does not rebuild (``n_used`` x grid points x 8 bytes), per
+condition completed in the second half.
 
     python bench/soak.py                      # 12 minutes, time scale 0.01
     python bench/soak.py --minutes 1 --no-write
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import gc
 import json
@@ -84,18 +88,17 @@ def sample(pid: int) -> tuple[float, int]:
     return rss_kb / 1024.0, len(os.listdir(f"/proc/{pid}/fd"))
 
 
-async def soak(minutes: float, time_scale: float, sample_s: float, workdir: Path) -> dict[str, Any]:
+def soak(minutes: float, time_scale: float, sample_s: float, workdir: Path) -> dict[str, Any]:
+    """Start the agent and the drivers, sample them for ``minutes``, SIGTERM the agent."""
     base = find_free_base()
-    ep = Endpoints.from_base(base)
     out = workdir / "run"
     sets = [x for k, v in SETTINGS.items() for x in ("--set", f"{k}={v}")]
-    err = (workdir / "agent.log").open("wb")
-    agent = subprocess.Popen(
-        sdl_agent("run", str(CAMPAIGN), "--base", base, "--out", str(out), *sets),
-        stdout=subprocess.DEVNULL,
-        stderr=err,
-    )
-    err.close()
+    with (workdir / "agent.log").open("wb") as err:
+        agent = subprocess.Popen(
+            sdl_agent("run", str(CAMPAIGN), "--base", base, "--out", str(out), *sets),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     drivers = start_drivers(
         base,
         time_scale=time_scale,
@@ -103,7 +106,33 @@ async def soak(minutes: float, time_scale: float, sample_s: float, workdir: Path
         log_dir=workdir / "logs",
         extra={"pump": ["--applied-log", str(workdir / "applied.jsonl")]},
     )
-    procs = {"agent": agent, **drivers}
+    try:
+        samples = asyncio.run(
+            _watch({"agent": agent, **drivers}, Endpoints.from_base(base), out, minutes, sample_s)
+        )
+        agent.send_signal(signal.SIGTERM)
+        code = agent.wait(60)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        stop_drivers(drivers)
+    if code != 0:
+        raise RuntimeError(
+            f"the agent exited with {code}: {(workdir / 'agent.log').read_text()[-2000:]}"
+        )
+    return {"samples": samples, "journal": out / "journal.sqlite", "minutes": minutes}
+
+
+async def _watch(
+    procs: dict[str, subprocess.Popen[bytes]],
+    ep: Endpoints,
+    out: Path,
+    minutes: float,
+    sample_s: float,
+) -> list[dict[str, Any]]:
+    """Every ``sample_s``: each process's RSS and FDs, the journal's size, and the
+    conditions completed so far (counted from the agent's status endpoint)."""
     ctx = zmq.asyncio.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
@@ -126,30 +155,33 @@ async def soak(minutes: float, time_scale: float, sample_s: float, workdir: Path
     t0 = time.monotonic()
     try:
         while (elapsed := time.monotonic() - t0) < minutes * 60:
-            row: dict[str, Any] = {"t": elapsed, "conditions": done}
+            row: dict[str, Any] = {"t": elapsed, "conditions": done, "journal_mb": _size(out)}
             for name, p in procs.items():
                 if p.poll() is not None:
                     raise RuntimeError(f"{name} exited early with {p.returncode}")
                 row[name] = sample(p.pid)
             samples.append(row)
             await asyncio.sleep(sample_s)
-        agent.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(agent.wait, 60)
     finally:
         counter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await counter
         sub.close()
         ctx.term()
-        if agent.poll() is None:
-            agent.kill()
-            agent.wait()
-        stop_drivers(drivers)
-    if code != 0:
-        raise RuntimeError(f"the agent exited with {code}: {(workdir / 'agent.log').read_text()[-2000:]}")
-    return {"samples": samples, "journal": out / "journal.sqlite", "minutes": minutes}
+    return samples
+
+
+def _size(out: Path) -> float:
+    """MB of the journal and its WAL (0 before they exist)."""
+    names = ("journal.sqlite", "journal.sqlite-wal")
+    return sum((out / n).stat().st_size for n in names if (out / n).exists()) / 2**20
 
 
 def history_bytes_per_condition(journal: Path) -> tuple[float, int]:
-    """Python heap a restored campaign holds per condition (tracemalloc), and how many."""
+    """Bytes the live campaign holds per condition, and how many conditions: the
+    Python heap of the journal restored into a fresh campaign (tracemalloc), plus
+    the used spectra a live campaign keeps for each complete condition, which a
+    restore does not rebuild."""
     cfg = CampaignConfig.from_toml(CAMPAIGN, overrides={k: _toml(v) for k, v in SETTINGS.items()})
     with Journal.open(journal) as j:
         facts = j.facts()
@@ -162,7 +194,8 @@ def history_bytes_per_condition(journal: Path) -> tuple[float, int]:
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     n = len(campaign.conditions)
-    return (after - before) / max(n, 1), n
+    spectra = sum(r.n_used for r in campaign.conditions.values()) * settings.grid.n * 8
+    return (after - before + spectra) / max(n, 1), n
 
 
 def _toml(v: object) -> object:
@@ -172,15 +205,20 @@ def _toml(v: object) -> object:
 def analyse(run: dict[str, Any]) -> dict[str, Any]:
     samples = run["samples"]
     half = samples[len(samples) // 2 :]
-    t = np.array([s["t"] for s in half]) / 3600.0
+    t = np.array([s["t"] for s in half]) / 60.0  # minutes
     cond = np.array([s["conditions"] for s in half], dtype=float)
-    per_kb, n_restored = history_bytes_per_condition(run["journal"])
+    per_cond, n_restored = history_bytes_per_condition(run["journal"])
+    journal = np.array([s["journal_mb"] for s in half])
     out: dict[str, Any] = {
         "conditions": samples[-1]["conditions"],
         "conditions_half": int(cond[-1] - cond[0]),
-        "history_bytes_per_condition": per_kb,
+        "conditions_per_min": _slope(t, cond),
+        "history_bytes_per_condition": per_cond,
         "restored_conditions": n_restored,
         "n_samples": len(samples),
+        "half_minutes": float(t[-1] - t[0]),
+        "journal_mb": float(samples[-1]["journal_mb"]),
+        "journal_mb_per_min": _slope(t, journal),
     }
     with Journal.open(run["journal"]) as j:
         out["spectra"] = j.count("replicates")
@@ -189,28 +227,35 @@ def analyse(run: dict[str, Any]) -> dict[str, Any]:
         fds = np.array([s[name][1] for s in samples])
         rss_h = np.array([s[name][0] for s in half])
         fds_h = np.array([s[name][1] for s in half])
-        slope = float(np.polyfit(t, rss_h, 1)[0]) if len(half) > 2 else float("nan")
         growth = float(rss_h[-1] - rss_h[0])
         row = {
             "rss_first": float(rss[0]),
             "rss_last": float(rss[-1]),
             "rss_max": float(rss.max()),
-            "rss_slope_mb_h": slope,
+            "rss_kb_per_min": _slope(t, rss_h * 1024.0),
             "rss_growth_half": growth,
             "fd_first": int(fds[0]),
             "fd_last": int(fds[-1]),
             "fd_max": int(fds.max()),
+            "fd_per_min": _slope(t, fds_h.astype(float)),
             "fd_range_half": (int(fds_h.min()), int(fds_h.max())),
         }
         if name == "agent" and cond[-1] > cond[0]:
-            row["rss_per_condition_kb"] = float(np.polyfit(cond, rss_h, 1)[0]) * 1024.0
-            row["expected_history_mb"] = per_kb * (cond[-1] - cond[0]) / 2**20
+            row["rss_per_condition_kb"] = _slope(cond, rss_h) * 1024.0
+            row["expected_history_mb"] = per_cond * (cond[-1] - cond[0]) / 2**20
             growth -= row["expected_history_mb"]
             row["rss_growth_half_net"] = growth
         limit = max(FLAT_MB, FLAT_FRACTION * float(rss_h[0]))
         row["flat"] = bool(growth < limit and fds_h.min() == fds_h.max())
         out[name] = row
     return out
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of y on x (nan with fewer than 3 points or no spread in x)."""
+    if len(x) < 3 or float(np.ptp(x)) == 0.0:
+        return float("nan")
+    return float(np.polyfit(x, y, 1)[0])
 
 
 def report(res: dict[str, Any], args: argparse.Namespace, load: tuple[str, str]) -> str:
@@ -232,14 +277,19 @@ def report(res: dict[str, Any], args: argparse.Namespace, load: tuple[str, str])
         f"FDs = entries of `/proc/PID/fd`, every {args.sample_s:g} s ({res['n_samples']} "
         "samples).",
         f"- Work done: {res['conditions']} conditions completed, {res['spectra']} spectra "
-        f"journalled ({res['conditions_half']} conditions in the second half).",
+        f"journalled; in the second half ({res['half_minutes']:.1f} min) "
+        f"{res['conditions_half']} conditions, {res['conditions_per_min']:.0f} a minute. The "
+        f"journal (with its WAL) ended at {res['journal_mb']:.0f} MB, growing "
+        f"{res['journal_mb_per_min']:.1f} MB/min in the second half.",
         "- Flat = over the second half (after warm-up) the FD count does not change and "
         f"the RSS grows by less than {FLAT_MB:g} MB or {FLAT_FRACTION:.0%} (the agent: after "
-        "subtracting its in-memory campaign history, below).",
+        "subtracting its in-memory campaign history, below). Slopes: least squares over "
+        "the second half's samples.",
         "",
-        "| process | RSS first / last / max (MB) | slope, 2nd half (MB/h) | growth, 2nd half (MB) "
-        "| FDs first / last / max | FDs, 2nd half | flat |",
-        "|---|---|---|---|---|---|---|",
+        "| process | RSS first / last / max (MB) | RSS slope, 2nd half (kB/min) "
+        "| RSS growth, 2nd half (MB) | FDs first / last / max | FDs, 2nd half "
+        "| FD slope (FDs/min) | flat |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in ("agent", "pump", "spectrometer", "xrd"):
         r = res[name]
@@ -249,16 +299,17 @@ def report(res: dict[str, Any], args: argparse.Namespace, load: tuple[str, str])
             growth += f" ({r['rss_growth_half_net']:+.1f} net of history)"
         lines.append(
             f"| {name} | {r['rss_first']:.1f} / {r['rss_last']:.1f} / {r['rss_max']:.1f} "
-            f"| {r['rss_slope_mb_h']:+.1f} | {growth} | {r['fd_first']} / {r['fd_last']} / "
-            f"{r['fd_max']} | {lo}..{hi} | {'yes' if r['flat'] else 'NO'} |"
+            f"| {r['rss_kb_per_min']:+.0f} | {growth} | {r['fd_first']} / {r['fd_last']} / "
+            f"{r['fd_max']} | {lo}..{hi} | {round(r['fd_per_min'], 2) + 0.0:+.2f} "
+            f"| {'yes' if r['flat'] else 'NO'} |"
         )
     lines += [
         "",
-        f"The agent's history: a journal of {res['restored_conditions']} conditions restored "
-        "into a fresh `Campaign` under `tracemalloc` takes "
-        f"{res['history_bytes_per_condition'] / 1024:.1f} kB of Python heap per condition "
-        "(its record, median spectrum, observation row, proposal). By regression of RSS on "
-        f"conditions completed (second half) the agent grew "
+        "The agent's in-memory history (by design, it keeps every condition): "
+        f"{res['history_bytes_per_condition'] / 1024:.1f} kB per condition (the run's "
+        f"journal of {res['restored_conditions']} conditions restored into a fresh "
+        "`Campaign` under `tracemalloc`, plus the used spectra a live campaign keeps). By "
+        "regression of RSS on conditions completed (second half) the agent grew "
         f"{a.get('rss_per_condition_kb', float('nan')):.1f} kB per condition; the expected "
         f"history of the second half is {a.get('expected_history_mb', float('nan')):.1f} MB.",
         "",
@@ -272,7 +323,7 @@ def uptime() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--minutes", type=float, default=12.0)
+    ap.add_argument("--minutes", type=float, default=12.0, help="wall time of the campaign")
     ap.add_argument("--time-scale", type=float, default=0.01)
     ap.add_argument("--sample-s", type=float, default=5.0)
     ap.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
@@ -282,7 +333,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        run = asyncio.run(soak(args.minutes, args.time_scale, args.sample_s, workdir))
+        run = soak(args.minutes, args.time_scale, args.sample_s, workdir)
         (workdir / "samples.json").write_text(json.dumps(run["samples"]))
         res = analyse(run)
     load_after = uptime()
