@@ -338,8 +338,10 @@ class AgentRuntime:
             # that reported a fatal fault: only a hello of a new session brings it back.
             if not self.campaign.is_faulted(role):
                 self._greet(identity)
-            if role not in self._identity:
-                return
+        if msg.source not in self._role_of and not isinstance(msg, m.Hello):
+            why = f"{msg.kind!r} from {msg.source!r}, which has not said hello to this agent"
+            self._reject(identity, stream, "no_hello", why, msg)
+            return
         self.campaign.driver_seen(role, now)
         event = self._to_event(msg, identity, now)
         if event is not None:
