@@ -18,13 +18,15 @@ is sampled too. "Flat" means: the FD count does not change over the second half,
 and the RSS grows by less than 5 MB (or 2 %) over it. The agent keeps the
 campaign's history in memory by design (every condition's record, its used
 spectra, median spectrum and observation row), so its growth is judged after
-subtracting that expected part: the Python heap of the run's journal restored
-into a fresh ``Campaign`` (``tracemalloc``) plus the used spectra a live campaign
-keeps and a restore does not rebuild (``n_used`` x grid points x 8 bytes), per
-condition completed in the second half.
+subtracting that expected part: the heap a live core campaign of the same
+settings keeps per condition completed (served in-process by perfect instruments
+under ``tracemalloc``; see :func:`history_bytes_per_condition`), times the
+conditions completed in the second half.
 
     python bench/soak.py                      # 12 minutes, time scale 0.01
     python bench/soak.py --minutes 1 --no-write
+    python bench/soak.py --keep DIR           # keep journal, logs, samples
+    python bench/soak.py --analyse DIR        # analyse a kept run again (no new run)
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ from results import write_section  # noqa: E402
 
 from agent.config import CampaignConfig  # noqa: E402
 from agent.core.campaign import Campaign  # noqa: E402
+from agent.core.events import ProposalReady  # noqa: E402
+from agent.core.testing import ToyLab  # noqa: E402
 from agent.demo import find_free_base, start_drivers, stop_drivers  # noqa: E402
 from agent.journal import Journal  # noqa: E402
 from protocols import messages as m  # noqa: E402
@@ -177,25 +181,53 @@ def _size(out: Path) -> float:
     return sum((out / n).stat().st_size for n in names if (out / n).exists()) / 2**20
 
 
-def history_bytes_per_condition(journal: Path) -> tuple[float, int]:
-    """Bytes the live campaign holds per condition, and how many conditions: the
-    Python heap of the journal restored into a fresh campaign (tracemalloc), plus
-    the used spectra a live campaign keeps for each complete condition, which a
-    restore does not rebuild."""
+def history_bytes_per_condition(journal: Path, rounds: int = 20) -> tuple[float, int]:
+    """Bytes the agent's campaign keeps per condition completed, and how many
+    conditions the soak's journal holds.
+
+    Measured on a live core: the same settings served by perfect instruments
+    (:class:`agent.core.testing.ToyLab`, a smooth spectrum with noise) for
+    ``rounds`` rounds under ``tracemalloc``, the slope of the traced heap over
+    conditions completed; then corrected for the soak's own mean number of used
+    droplets (each kept as a spectrum of ``grid.n`` floats).
+    """
     cfg = CampaignConfig.from_toml(CAMPAIGN, overrides={k: _toml(v) for k, v in SETTINGS.items()})
-    with Journal.open(journal) as j:
-        facts = j.facts()
     settings = cfg.to_settings()
+    with Journal.open(journal) as j:
+        soak = Campaign.restore(settings, cfg.campaign.seed, j.facts())
+    done = [r for r in soak.conditions.values() if r.state == "complete"]
+    soak_used = sum(r.n_used for r in done) / max(len(done), 1)
+    grid = settings.grid
+    marks: list[tuple[int, int]] = []  # (conditions completed, traced bytes) at each proposal
+
+    class Lab(ToyLab):
+        def spectrum(self, condition: str) -> np.ndarray:
+            x = np.linspace(0.0, 1.0, grid.n)
+            peak = 0.5 + 0.3 * np.exp(-(((x - 0.6) / 0.1) ** 2))
+            return peak + 0.01 * self.rng.standard_normal(grid.n)
+
+        def record(self, event: object, decisions: list[object], **kw: object) -> None:
+            self.log.clear()  # the lab's own log is not the agent's
+            if isinstance(event, ProposalReady):
+                n = sum(r.state == "complete" for r in self.c.conditions.values())
+                marks.append((n, tracemalloc.get_traced_memory()[0]))
+
+    toy_settings = CampaignConfig.from_toml(
+        CAMPAIGN,
+        overrides={**{k: _toml(v) for k, v in SETTINGS.items()}, "stop.max_rounds": rounds},
+    ).to_settings()
     gc.collect()
     tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    campaign = Campaign.restore(settings, cfg.campaign.seed, facts)
-    gc.collect()
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    n = len(campaign.conditions)
-    spectra = sum(r.n_used for r in campaign.conditions.values()) * settings.grid.n * 8
-    return (after - before + spectra) / max(n, 1), n
+    try:
+        lab = Lab(Campaign(toy_settings, seed=0), seed=1)
+        lab.run(max_steps=10**9)
+    finally:
+        tracemalloc.stop()
+    live = [r for r in lab.c.conditions.values() if r.state == "complete"]
+    toy_used = sum(r.n_used for r in live) / max(len(live), 1)
+    later = marks[len(marks) // 4 :]  # past the first rounds' one-off allocations
+    per_condition = _slope(np.array([n for n, _ in later], float), np.array([b for _, b in later]))
+    return per_condition + (soak_used - toy_used) * grid.n * 8, len(soak.conditions)
 
 
 def _toml(v: object) -> object:
@@ -258,14 +290,14 @@ def _slope(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
-def report(res: dict[str, Any], args: argparse.Namespace, load: tuple[str, str]) -> str:
+def report(res: dict[str, Any], args: argparse.Namespace, load: tuple[str, str], date: str) -> str:
     cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
     cpu_name = cpu.group(1).strip() if cpu else platform.processor()
     a = res["agent"]
     lines = [
         "## Soak: memory and file descriptors over a long fast campaign",
         "",
-        f"- Date: {dt.date.today().isoformat()}. Command: `python bench/soak.py "
+        f"- Date: {date}. Command: `python bench/soak.py "
         f"--minutes {args.minutes:g} --time-scale {args.time_scale:g} "
         f"--sample-s {args.sample_s:g}`.",
         f"- Machine: {os.cpu_count()} CPUs (nproc), {cpu_name}; Python "
@@ -306,14 +338,21 @@ def report(res: dict[str, Any], args: argparse.Namespace, load: tuple[str, str])
     lines += [
         "",
         "The agent's in-memory history (by design, it keeps every condition): "
-        f"{res['history_bytes_per_condition'] / 1024:.1f} kB per condition (the run's "
-        f"journal of {res['restored_conditions']} conditions restored into a fresh "
-        "`Campaign` under `tracemalloc`, plus the used spectra a live campaign keeps). By "
+        f"{res['history_bytes_per_condition'] / 1024:.1f} kB per condition (a live core "
+        "campaign of the same settings served by `ToyLab` under `tracemalloc`, corrected "
+        "to this run's mean number of used droplets; its journal holds "
+        f"{res['restored_conditions']} conditions). By "
         "regression of RSS on conditions completed (second half) the agent grew "
         f"{a.get('rss_per_condition_kb', float('nan')):.1f} kB per condition; the expected "
         f"history of the second half is {a.get('expected_history_mb', float('nan')):.1f} MB.",
-        "",
     ]
+    if "rss_growth_half_net" in a and res["conditions_half"] > 0:
+        net_kb = a["rss_growth_half_net"] * 1024.0 / res["conditions_half"]
+        lines[-1] += (
+            f" Net of it the agent grew {a['rss_growth_half_net']:+.1f} MB, "
+            f"{net_kb:+.1f} kB per condition completed."
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -328,16 +367,41 @@ def main() -> int:
     ap.add_argument("--sample-s", type=float, default=5.0)
     ap.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
     ap.add_argument("--keep", type=Path, help="keep the run's files here (journal, logs)")
+    ap.add_argument(
+        "--analyse",
+        type=Path,
+        metavar="DIR",
+        help="no new run: analyse the run kept in DIR (by --keep) again",
+    )
     args = ap.parse_args()
-    load_before = uptime()
-    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        workdir = args.keep or Path(tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
-        run = soak(args.minutes, args.time_scale, args.sample_s, workdir)
-        (workdir / "samples.json").write_text(json.dumps(run["samples"]))
+    if args.analyse is not None:
+        meta = json.loads((args.analyse / "meta.json").read_text())
+        for k in ("minutes", "time_scale", "sample_s"):
+            setattr(args, k, meta[k])
+        run = {
+            "samples": json.loads((args.analyse / "samples.json").read_text()),
+            "journal": args.analyse / "run" / "journal.sqlite",
+        }
         res = analyse(run)
-    load_after = uptime()
-    text = report(res, args, (_load(load_before), _load(load_after)))
+        text = report(res, args, tuple(meta["load"]), meta["date"])  # type: ignore[arg-type]
+    else:
+        load_before = uptime()
+        with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+            workdir = args.keep or Path(tmp)
+            workdir.mkdir(parents=True, exist_ok=True)
+            run = soak(args.minutes, args.time_scale, args.sample_s, workdir)
+            (workdir / "samples.json").write_text(json.dumps(run["samples"]))
+            load = (_load(load_before), _load(uptime()))
+            meta = {
+                "minutes": args.minutes,
+                "time_scale": args.time_scale,
+                "sample_s": args.sample_s,
+                "load": load,
+                "date": dt.date.today().isoformat(),
+            }
+            (workdir / "meta.json").write_text(json.dumps(meta))
+            res = analyse(run)
+        text = report(res, args, load, meta["date"])
     print(text)
     if not args.no_write:
         write_section("soak", text)
