@@ -163,10 +163,17 @@ def test_restore_at_every_step_matches_the_live_campaign_and_its_next_proposal(t
     assert checked["proposals"] == 3 and checked["steps"] > 50
 
 
-def test_a_pause_that_made_the_pump_safe_restores_at_every_step(tmp_path):
-    """The spectrometer drops out mid-condition: the safe state is journalled as a
-    command with its reason, the restart is a new setpoint fact, and a restore at
-    every step (during the pause too) equals the live campaign."""
+@pytest.mark.parametrize(
+    ("role", "fault", "why"),
+    [
+        ("spectrometer", None, "spectrometer is silent"),
+        ("pump", "stall", "pump reported a fatal fault (stall)"),
+    ],
+)
+def test_a_pause_that_made_the_pump_safe_restores_at_every_step(tmp_path, role, fault, why):
+    """A driver drops out mid-condition (silent, or a fatal fault): the safe state is
+    journalled as a command with its reason, the restart is a new setpoint fact, and
+    a restore at every step (during the pause too) equals the live campaign."""
     settings = toy_settings(rounds=2, batch_size=3)
     path = tmp_path / "j.sqlite"
     steps = []
@@ -179,13 +186,13 @@ def test_a_pause_that_made_the_pump_safe_restores_at_every_step(tmp_path):
             steps.append(self.c.state)
 
     with new_journal(path) as j:
-        lab = Lab(Campaign(settings, seed=7), noise=0.02, seed=5)
+        lab = Lab(Campaign(settings, seed=7), role=role, fault=fault, noise=0.02, seed=5)
         lab.j = j
         lab.run()
         rows = list(j.query("SELECT cmd_id, body FROM events WHERE kind = 'safe_state'"))
         attempts = list(j.query("SELECT cmd_id FROM setpoints WHERE condition = 'r01-c02'"))
     assert "paused" in steps and lab.c.stopped
-    assert rows[0][0] == "toy.r01-c02.a1.safe" and "spectrometer is silent" in rows[0][1]
+    assert rows[0][0] == "toy.r01-c02.a1.safe" and why in rows[0][1]
     assert [a for (a,) in attempts] == ["toy.r01-c02.a1", "toy.r01-c02.a2"]
     with Journal.open(path) as j:
         same_state(Campaign.restore(settings, 7, j.facts()), lab.c)
