@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import random
-import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -257,7 +256,7 @@ class Instrument:
         self.pub.close(0)
 
 
-async def test_the_live_agent_rejects_every_bad_input_with_its_code_and_finishes(capsys):
+async def test_the_live_agent_rejects_every_bad_input_with_its_code_and_finishes():
     ctx = zmq.asyncio.Context()
     ep = Endpoints.from_base(find_free_base())
     # generous timeouts: the spectrometer holds its droplets while the fuzz runs
@@ -300,7 +299,6 @@ async def test_the_live_agent_rejects_every_bad_input_with_its_code_and_finishes
             active = next(c for c in campaign.conditions.values() if c.state == "measuring")
             assert rt.counters.rejected == 0
             fuzzer = Fuzzer(seed=20261205, condition=active.condition)
-            t0 = time.perf_counter()
             for start in range(0, N, CHUNK):
                 for k in range(start, min(start + CHUNK, N)):
                     sock = "dealer" if k % 2 == 0 else "pub"
@@ -309,7 +307,6 @@ async def test_the_live_agent_rejects_every_bad_input_with_its_code_and_finishes
                     await (dealer if sock == "dealer" else pub).send_multipart(frames)
                 sent = min(start + CHUNK, N)
                 await rt.wait_until(lambda n=sent: rt.counters.rejected >= n, TIMEOUT)
-            fuzz_s = time.perf_counter() - t0
             # all accounted for: exactly what was sent, code by code
             assert rt.counters.rejected == N == sum(expected.values())
             assert rt.counters.rejected_by_code == dict(expected)
@@ -336,8 +333,6 @@ async def test_the_live_agent_rejects_every_bad_input_with_its_code_and_finishes
             dealer.close(0)
             pub.close(0)
             ctx.term()
-    with capsys.disabled():
-        print(f"\n  live fuzz: {N} inputs in {fuzz_s:.1f} s; {dict(sorted(expected.items()))}")
     # the campaign: finished, every condition once, nothing applied twice, the
     # fuzzer's droplets for the active condition in no median
     assert campaign.stopped and campaign.stop_reason.rule == "max_rounds"
