@@ -35,6 +35,7 @@ from agent.core.events import (
     Announce,
     Decision,
     DriverDown,
+    DriverFault,
     DriverUp,
     Event,
     FlowStable,
@@ -342,16 +343,20 @@ class AgentRuntime:
         role = self._role_of.get(msg.source, msg.source)
         if identity is not None and not isinstance(msg, m.Hello) and not self.campaign.is_up(role):
             # A driver with no current hello (we restarted, or it was counted down):
-            # greet it; it answers with its hello, which brings it (back) up.
-            self._greet(identity)
-            if role not in self._identity:
-                return
+            # greet it; it answers with its hello, which brings it (back) up. Not one
+            # that reported a fatal fault: only a hello of a new session brings it back.
+            if not self.campaign.is_faulted(role):
+                self._greet(identity)
         if restarted and isinstance(msg, m.Hello) and self.campaign.is_up(msg.role):
             # a new session within the heartbeat timeout: the driver restarted and lost
             # what it was doing; the campaign hears it went down before it hears the hello
             log.warning("driver_restarted", source=msg.source, role=msg.role, session=msg.session)
             down = DriverDown(msg.role, now)
             self._act(down, self.campaign.handle(down))
+        if msg.source not in self._role_of and not isinstance(msg, m.Hello):
+            why = f"{msg.kind!r} from {msg.source!r}, which has not said hello to this agent"
+            self._reject(identity, stream, "no_hello", why, msg)
+            return
         self.campaign.driver_seen(role, now)
         event = self._to_event(msg, identity, now)
         if event is not None:
@@ -370,7 +375,7 @@ class AgentRuntime:
                     instrument=msg.instrument,
                 )
                 self._send(msg.role, m.Heartbeat(**self._env(msg.role)))  # "heard you"
-                return DriverUp(msg.role, now)
+                return DriverUp(msg.role, now, msg.session)
             case m.SetpointAck():
                 return SetpointAcked(msg.cmd_id, msg.accepted, msg.reason, now)
             case m.AcquireAck():
@@ -384,14 +389,9 @@ class AgentRuntime:
                 )
             case m.PhaseLabel():
                 return PhaseLabelIn(msg.condition, msg.phase, msg.confidence, now, msg.source)
-            case m.Fault():
-                log.error(
-                    "driver_fault",
-                    source=msg.source,
-                    code=msg.code,
-                    detail=msg.detail,
-                    severity=msg.severity,
-                )
+            case m.Fault():  # logged by the core (driver_fault), which decides what it means
+                role = self._role_of.get(msg.source, msg.source)
+                return DriverFault(role, msg.code, msg.severity, msg.detail, now)
         return None
 
     def _reject(

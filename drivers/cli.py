@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--safe-flows",
         default="zero",
         metavar="zero|NAME=FLOW,...",
-        help="flows of the safe state; unnamed channels 0 (default: zero, every channel 0).",
+        help="flows of the safe state, e.g. a purge recipe water=50,oil=25; unnamed channels "
+        "0, every flow within its channel's limits (default: zero, every channel 0).",
     )
     pump.add_argument(
         "--ramp",

@@ -356,7 +356,8 @@ class SimulatedPump:
 
     Args:
         channels: the channels and their hard limits.
-        safe_flows: flows of the safe state (missing channels 0); all zero by default.
+        safe_flows: flows of the safe state (missing channels 0; within the channels'
+            limits, e.g. a purge recipe); all zero by default.
         ramp_s: simulated seconds to ramp to a new setpoint (times ``time_scale``).
         readback_interval_s: simulated seconds between readbacks while ramping.
         readback_period_s: wall seconds between re-publications of the current
@@ -385,10 +386,10 @@ class SimulatedPump:
             raise ValueError("a pump needs at least one channel")
         if min(ramp_s, readback_period_s, time_scale) < 0 or readback_interval_s <= 0:
             raise ValueError("durations must be >= 0 and the readback interval > 0")
-        unknown = set(safe_flows or {}) - set(self.channels)
-        if unknown:
-            raise ValueError(f"safe flows name unknown channel(s): {', '.join(sorted(unknown))}")
-        self.safe_flows = {n: float((safe_flows or {}).get(n, 0.0)) for n in self.channels}
+        try:  # a purge recipe is held to the same hard limits as any setpoint
+            self.safe_flows = validate_flows(self.channels, safe_flows or {})
+        except SetpointRefused as exc:
+            raise ValueError(f"safe flows: {exc}") from None
         self.ramp_s = ramp_s
         self.readback_interval_s = readback_interval_s
         self.readback_period_s = readback_period_s

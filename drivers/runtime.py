@@ -14,7 +14,8 @@ The runtime owns
   ``on_link_lost`` and goes back to hellos. The first hello waits until the
   agent's SUB has subscribed to the driver's events, so nothing published
   after the agent has seen the hello is lost to the slow-joiner effect; a new
-  subscription while linked (an agent restart) brings one hello at once;
+  subscription while linked (an agent restart) brings one hello at once, and
+  so does a hello from the agent (it counted the driver down, or restarted);
 - command de-duplication: the ack sent for each ``cmd_id`` is kept (bounded
   LRU); a duplicate gets the same answer again without the instrument being
   called;
@@ -479,8 +480,14 @@ class DriverRuntime:
         self._heard(msg)
         if isinstance(msg, Heartbeat):
             return
-        if isinstance(msg, Hello):  # the agent does not know this session: say hello now
-            self._greet = True
+        if isinstance(msg, Hello):  # the agent does not know us (docs/protocol.md, 7.5)
+            log.info("agent_greeted", session=msg.session)
+            self._to_agent(
+                Hello,
+                role=self.instrument.role,
+                session=self.session,
+                instrument=self.instrument.instrument[:2000],
+            )
             return
         if isinstance(msg, Setpoint | SafeState | Acquire):
             await self._on_command(msg)

@@ -18,8 +18,13 @@ A condition moves through::
                  \\--------- +--> failed (pump refused the setpoint / never settled twice)
 
 and the campaign through ``waiting`` (for driver hellos) -> ``running`` <->
-``paused`` (a required driver went silent) -> ``stopped``. An illegal
-transition raises :class:`CampaignError`.
+``paused`` (a required driver went silent or reported a fatal fault) ->
+``stopped``. An illegal transition raises :class:`CampaignError`.
+
+Safe states: the pump is sent ``safe_state`` when the campaign stops and when
+it pauses while the pump is still listening (another required driver is down,
+or the pump itself reported a fatal fault); the condition it was running then
+starts a new attempt when the campaign resumes.
 
 >>> from agent.core.testing import toy_settings
 >>> campaign = Campaign(toy_settings(), seed=0)
@@ -44,6 +49,7 @@ from agent.core.events import (
     Announce,
     Decision,
     DriverDown,
+    DriverFault,
     DriverUp,
     Event,
     FlowStable,
@@ -240,6 +246,11 @@ class Campaign:
         self._lost: set[str] = set()  # drivers that went down since the last resume
         self._notes_last_proposal: dict[str, object] = {}
         self._lost_reason = "the pump was lost while it ran"
+        self._last_setpoint = ""  # cmd_id of the last setpoint sent (the pump may be at it)
+        self._pump_safe = ""  # why the pump was sent to its safe state since (empty: it was not)
+        self._session: dict[str, str] = {}  # role -> session of its latest hello
+        #: role -> (session, code): a fatal fault; counted down until a hello of a new session
+        self._faulted: dict[str, tuple[str, str]] = {}
         #: numbers the strategy reported with the current round's proposal (stop rules)
         self._metrics: dict[str, float] = {}
         #: every widening of the box so far (records from the expansion rule)
@@ -448,6 +459,8 @@ class Campaign:
                 return self._on_driver_up(event)
             case DriverDown():
                 return self._on_driver_down(event)
+            case DriverFault():
+                return self._on_fault(event)
             case SetpointAcked():
                 return self._on_setpoint_ack(event)
             case AcquireAcked():
@@ -465,6 +478,10 @@ class Campaign:
     def is_up(self, role: str) -> bool:
         """Whether ``role`` said hello and has not gone silent since."""
         return role in self._up
+
+    def is_faulted(self, role: str) -> bool:
+        """Whether ``role`` reported a fatal fault and has not said hello from a new session."""
+        return role in self._faulted
 
     def driver_seen(self, role: str, now: float) -> None:
         """Any message from ``role`` counts as a heartbeat."""
@@ -548,6 +565,7 @@ class Campaign:
                     self._queue.remove(rec.condition)
                 self._drop_pending(rec.condition)
                 self._active = rec.condition
+                self._last_setpoint = fact.cmd_id
                 rec.attempt, rec.cmd_id, rec.state = fact.attempt, fact.cmd_id, "setting"
                 rec.replicates = None
                 d = SendSetpoint(rec.cmd_id, rec.condition, dict(rec.flows), rec.attempt)
@@ -660,7 +678,8 @@ class Campaign:
         if missing:
             if self.state == "running":
                 self.state = "paused"
-                return [Note("campaign_paused", {"missing": missing}, "warning")]
+                out = [Note("campaign_paused", {"missing": missing}, "warning")]
+                return out + self._make_pump_safe(now, missing)
             return []
         out: list[Decision] = []
         if self.state in ("waiting", "paused"):
@@ -724,9 +743,37 @@ class Campaign:
         )
         return out
 
+    def _make_pump_safe(self, now: float, missing: list[str]) -> list[Decision]:
+        """Pausing: send the pump to its safe state, if it listens (it is up, or it
+        reported the fatal fault itself) and was sent a setpoint since it last was.
+
+        The command id is the last setpoint's plus ``.safe``: one per setpoint, so
+        it is never one the pump already applied while it still runs a later one.
+        """
+        pump = self.settings.pump_role
+        listening = pump in self._up or pump in self._faulted
+        if not listening or not self._last_setpoint or self._pump_safe:
+            return []
+        causes = [
+            f"{r} reported a fatal fault ({self._faulted[r][1]})"
+            if r in self._faulted
+            else f"{r} is silent"
+            for r in missing
+        ]
+        self._pump_safe = "the pump was sent to its safe state: " + "; ".join(causes)
+        d = SendSafeState(f"{self._last_setpoint}.safe", f"campaign paused: {'; '.join(causes)}", 1)
+        return [self._command(d, pump, now)]
+
+    def _drop_safe_states(self) -> None:
+        for cmd_id, p in list(self._pending.items()):
+            if isinstance(p.decision, SendSafeState):
+                del self._pending[cmd_id]
+
     def _send_setpoint(self, rec: ConditionRecord, now: float) -> list[Decision]:
+        self._drop_safe_states()  # superseded: the pump is told where to go next
         rec.attempt += 1
         rec.cmd_id = f"{self.settings.campaign_id}.{rec.condition}.a{rec.attempt}"
+        self._last_setpoint = rec.cmd_id
         rec.replicates = None
         rec.n_requested = rec.n_commands = 0
         self._set_state(rec, "setting", now)
@@ -911,13 +958,17 @@ class Campaign:
                 out += self._on_driver_down(DriverDown(role, now))
         if self._awaiting_label:
             out += self._check_labels(now)
-        if self.state != "running":
+        if self.state not in ("running", "paused"):
             return out
         for p in list(self._pending.values()):
+            if self.state == "paused" and not isinstance(p.decision, SendSafeState):
+                continue  # while paused only a safe state goes out
             if now - p.sent_at >= p.interval and p.role in self._up:
                 p.sent_at = now
                 p.interval = min(p.interval * 2, self.settings.resend_max_s)
                 out.append(p.decision)
+        if self.state != "running":
+            return out
         if self._active is not None:
             rec = self.conditions[self._active]
             out += self._check_timeouts(rec, now)
@@ -988,9 +1039,42 @@ class Campaign:
             rec.droplets_since = max(rec.droplets_since, now)
 
     def _on_driver_up(self, ev: DriverUp) -> list[Decision]:
-        was_up = ev.role in self._up
+        fields: dict[str, object] = {"role": ev.role, "again": ev.role in self._up}
+        fault = self._faulted.get(ev.role)
+        if fault is not None:
+            if not ev.session or ev.session == fault[0]:
+                why = "it reported a fatal fault; only a hello from a new session brings it back"
+                return [
+                    Note(
+                        "driver_still_faulted",
+                        {"role": ev.role, "code": fault[1], "reason": why},
+                        "warning",
+                    )
+                ]
+            del self._faulted[ev.role]
+            fields["fault_cleared"] = fault[1]
+        self._session[ev.role] = ev.session
         self._up[ev.role] = ev.now
-        out: list[Decision] = [Note("driver_up", {"role": ev.role, "again": was_up})]
+        out: list[Decision] = [Note("driver_up", fields)]
+        return out + self._maybe_run(ev.now)
+
+    def _on_fault(self, ev: DriverFault) -> list[Decision]:
+        """A ``warning`` or ``error`` is logged (the work it concerns is covered by the
+        command timeouts and retries); a ``fatal`` fault of a required driver counts
+        it down at once, as if it had gone silent, until it says hello from a new
+        session: the campaign pauses and the pump goes to its safe state."""
+        fields = {"role": ev.role, "code": ev.code, "severity": ev.severity, "detail": ev.detail}
+        out: list[Decision] = [
+            Note("driver_fault", fields, "warning" if ev.severity == "warning" else "error")
+        ]
+        if ev.severity != "fatal" or ev.role not in self.settings.required_roles:
+            return out
+        self._faulted[ev.role] = (self._session.get(ev.role, ""), ev.code)
+        if ev.role in self._up:
+            del self._up[ev.role]
+            self._lost.add(ev.role)
+            why = f"fatal fault {ev.code}"
+            out.append(Note("driver_down", {"role": ev.role, "reason": why}, "warning"))
         return out + self._maybe_run(ev.now)
 
     def _on_driver_down(self, ev: DriverDown) -> list[Decision]:
@@ -1004,13 +1088,21 @@ class Campaign:
         return out
 
     def _resume(self, now: float) -> list[Decision]:
-        """After a pause: if the pump was lost it sat at its safe flows, so the active
-        condition starts again (new attempt, new command id); else resend what is
-        still unacknowledged, now."""
+        """After a pause: if the pump was lost it sat at its safe flows, and if it was
+        sent to its safe state it left the setpoint, so in both cases the active
+        condition starts again (new attempt, new command id, its replicates so far
+        dropped; not counted against the retry budget); else resend what is still
+        unacknowledged, now. A safe state still unacknowledged is dropped: what the
+        pump is sent next supersedes it."""
         lost, self._lost = self._lost, set()
         reason, self._lost_reason = self._lost_reason, "the pump was lost while it ran"
+        if self._pump_safe:
+            reason = self._pump_safe
+        made_safe, self._pump_safe = bool(self._pump_safe), ""
+        self._drop_safe_states()
         rec = self.conditions.get(self._active) if self._active else None
-        if self.settings.pump_role in lost and rec is not None and rec.state != "queued":
+        restart = self.settings.pump_role in lost or made_safe
+        if restart and rec is not None and rec.state != "queued":
             self._drop_pending(rec.condition)
             self._set_state(rec, "queued", now)
             note = Note(
@@ -1081,6 +1173,9 @@ class Campaign:
         if rec is None or rec.state != "measuring" or rec.replicates is None:
             why = "unknown condition" if rec is None else f"condition is {rec.state}, not measuring"
             return [_reject("spectrum", ev.condition, ev.replicate, "not_active", why)]
+        if self._pump_safe:  # droplets past the safe state are not of this recipe
+            why = f"{self._pump_safe}; this attempt starts again when the campaign resumes"
+            return [_reject("spectrum", ev.condition, ev.replicate, "pump_safe", why)]
         verdict = rec.replicates.add(ev.replicate, ev.values, ev.wl_start, ev.wl_step, ev.now)
         rec.droplets_since = max(rec.droplets_since, ev.now)
         out: list[Decision] = []

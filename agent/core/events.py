@@ -18,6 +18,7 @@ __all__ = [
     "Announce",
     "Decision",
     "DriverDown",
+    "DriverFault",
     "DriverUp",
     "Event",
     "FlowStable",
@@ -47,10 +48,11 @@ class Tick:
 
 @dataclass(frozen=True)
 class DriverUp:
-    """A driver said hello (again)."""
+    """A driver said hello (again); ``session`` is the one its hello carried."""
 
     role: str
     now: float
+    session: str = ""
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,17 @@ class DriverDown:
     """A driver went silent past its heartbeat timeout."""
 
     role: str
+    now: float
+
+
+@dataclass(frozen=True)
+class DriverFault:
+    """A driver reported a fault (``severity``: ``warning``, ``error`` or ``fatal``)."""
+
+    role: str
+    code: str
+    severity: str
+    detail: str
     now: float
 
 
@@ -127,6 +140,7 @@ Event = (
     Tick
     | DriverUp
     | DriverDown
+    | DriverFault
     | SetpointAcked
     | AcquireAcked
     | FlowStable

@@ -550,6 +550,9 @@ class ConditionReplicates:
             self._complete, self._reason = True, "settled"
         elif len(self._losses) >= s.max_count:
             self._complete, self._reason = True, "max_count"
+        if self._complete:  # nothing is added any more: keep the used rows, not max_count
+            self._spectra = self._spectra[[p for p, out in enumerate(self._outlier) if not out]]
+            self._spectra.flags.writeable = False  # shared with every status from now on
         if is_outlier:
             return Rejected(reason=self._outlier_reason[pos], code="outlier")
         return Accepted(
@@ -588,7 +591,8 @@ class ConditionReplicates:
             median_sd = _MEDIAN_SE * sd / math.sqrt(len(used_losses))
         else:
             sd = median_sd = math.nan
-        used_spectra = self._spectra[pos_used]  # a copy (fancy indexing)
+        # complete: the buffer holds just the used rows (read-only); else a copy (fancy indexing)
+        used_spectra = self._spectra if self._complete else self._spectra[pos_used]
         used_spectra.flags.writeable = False
         outliers = tuple(
             (self._ids[p], self._losses[p], self._outlier_reason[p])

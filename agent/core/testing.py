@@ -12,6 +12,8 @@ from agent.core.campaign import Campaign, CampaignSettings
 from agent.core.events import (
     AcquireAcked,
     Decision,
+    DriverDown,
+    DriverFault,
     DriverUp,
     Event,
     FlowStable,
@@ -35,6 +37,7 @@ __all__ = [
     "TOY_GRID",
     "TOY_TARGET",
     "HalfspaceFeasibility",
+    "SilentDriverLab",
     "ToyLab",
     "agnp_space",
     "toy_settings",
@@ -245,6 +248,68 @@ class ToyLab:
     def run(self, max_steps: int = 20_000) -> None:
         """Bring up and serve until nothing is left to do."""
         self.serve(self.bring_up(), max_steps)
+
+
+class SilentDriverLab(ToyLab):
+    """A :class:`ToyLab` in which one driver drops out once, and comes back.
+
+    When the spectrometer acknowledges its first acquire of ``condition``,
+    ``role`` is counted down (a :class:`DriverDown`, as after a heartbeat
+    timeout) or, with ``fault`` given, reports that fatal fault (a
+    :class:`DriverFault`); nothing it sends arrives until it is back. It is back
+    (a hello from a new session) once the pump has acknowledged the safe state
+    the pause brought, or at once if the pause brought none.
+    """
+
+    def __init__(
+        self,
+        campaign: Campaign,
+        *,
+        role: str = "spectrometer",
+        condition: str = "r01-c02",
+        fault: str | None = None,
+        **kw: object,
+    ) -> None:
+        super().__init__(campaign, **kw)  # type: ignore[arg-type]
+        self.role, self.condition, self.fault = role, condition, fault
+        self.silent = False
+        self.dropped_out_at: float | None = None
+
+    def feed(self, event: Event) -> list[Decision]:
+        safe_acked = isinstance(event, SetpointAcked) and event.cmd_id.endswith(".safe")
+        if self.silent and self._from_role(event) and not safe_acked:
+            return []  # (a faulted pump still answers its safe state)
+        out = super().feed(event)
+        trigger = (
+            isinstance(event, AcquireAcked)
+            and event.cmd_id.startswith(f"{self.c.settings.campaign_id}.{self.condition}.")
+            and ".spectrometer." in event.cmd_id
+        )
+        if trigger and self.dropped_out_at is None:
+            self.silent, self.dropped_out_at = True, self.now
+            gone: Event = (
+                DriverDown(self.role, self.now)
+                if self.fault is None
+                else DriverFault(self.role, self.fault, "fatal", "planted", self.now)
+            )
+            down = super().feed(gone)
+            out += down
+            if not any(isinstance(d, SendSafeState) for d in down):
+                out += self._back()
+        elif self.silent and safe_acked:
+            out += self._back()
+        return out
+
+    def _back(self) -> list[Decision]:
+        self.silent = False
+        return super().feed(DriverUp(self.role, self.now, "back"))
+
+    def _from_role(self, event: Event) -> bool:
+        if isinstance(event, SpectrumIn | PhaseLabelIn):
+            return event.source == self.role
+        if isinstance(event, AcquireAcked):
+            return f".{self.role}." in event.cmd_id
+        return self.role == "pump" and isinstance(event, SetpointAcked | FlowStable)
 
 
 class HalfspaceFeasibility:

@@ -30,7 +30,7 @@ from agent.core.events import (
     SendSetpoint,
     SpectrumIn,
 )
-from agent.core.testing import TOY_GRID, ToyLab, toy_settings
+from agent.core.testing import TOY_GRID, SilentDriverLab, ToyLab, toy_settings
 from agent.export import export_csv
 from agent.journal import Journal, JournalRefused
 
@@ -183,6 +183,41 @@ def test_restore_at_every_step_matches_the_live_campaign_and_its_next_proposal(t
     with sqlite3.connect(path) as db:  # each write-off is journalled, with its new acquire
         kinds = [k for (k,) in db.execute("SELECT kind FROM events ORDER BY seq")]
     assert kinds.count("droplets_missing") == len(missing)
+
+
+@pytest.mark.parametrize(
+    ("role", "fault", "why"),
+    [
+        ("spectrometer", None, "spectrometer is silent"),
+        ("pump", "stall", "pump reported a fatal fault (stall)"),
+    ],
+)
+def test_a_pause_that_made_the_pump_safe_restores_at_every_step(tmp_path, role, fault, why):
+    """A driver drops out mid-condition (silent, or a fatal fault): the safe state is
+    journalled as a command with its reason, the restart is a new setpoint fact, and
+    a restore at every step (during the pause too) equals the live campaign."""
+    settings = toy_settings(rounds=2, batch_size=3)
+    path = tmp_path / "j.sqlite"
+    steps = []
+
+    class Lab(SilentDriverLab):
+        def record(self, event, decisions, **kw) -> None:
+            self.j.commit(self.c, event, decisions, self.now, **kw)
+            restored = Campaign.restore(settings, 7, self.j.facts())
+            assert outcome(restored) == outcome(self.c)
+            steps.append(self.c.state)
+
+    with new_journal(path) as j:
+        lab = Lab(Campaign(settings, seed=7), role=role, fault=fault, noise=0.02, seed=5)
+        lab.j = j
+        lab.run()
+        rows = list(j.query("SELECT cmd_id, body FROM events WHERE kind = 'safe_state'"))
+        attempts = list(j.query("SELECT cmd_id FROM setpoints WHERE condition = 'r01-c02'"))
+    assert "paused" in steps and lab.c.stopped
+    assert rows[0][0] == "toy.r01-c02.a1.safe" and why in rows[0][1]
+    assert [a for (a,) in attempts] == ["toy.r01-c02.a1", "toy.r01-c02.a2"]
+    with Journal.open(path) as j:
+        same_state(Campaign.restore(settings, 7, j.facts()), lab.c)
 
 
 def test_a_setpoint_not_yet_acked_is_resent_with_the_same_command_id(tmp_path):

@@ -13,6 +13,7 @@ from agent.core.events import (
     AcquireAcked,
     Announce,
     DriverDown,
+    DriverFault,
     DriverUp,
     FlowStable,
     Note,
@@ -27,9 +28,10 @@ from agent.core.events import (
     SpectrumIn,
     Tick,
 )
+from agent.core.history import RoundProposed, SetpointSent
 from agent.core.replicates import ReplicateSettings
 from agent.core.stopping import AllOf, AnyOf, MaxRounds, StopReason, WallTime
-from agent.core.testing import ToyLab, toy_settings, toy_spectrum
+from agent.core.testing import SilentDriverLab, ToyLab, toy_settings, toy_spectrum
 from protocols import messages as m
 
 ROLES = ("pump", "spectrometer", "xrd")
@@ -231,10 +233,32 @@ def test_silent_driver_pauses_the_campaign_and_its_return_resumes_it():
     sp = of(out, SendSetpoint)[0]
     out = c.handle(DriverDown("xrd", 1.0))
     assert c.state == "paused"
-    assert not of(c.handle(Tick(2.0)), SendSetpoint)  # no commands while paused
+    assert not of(c.handle(Tick(2.0)), SendSetpoint)  # no setpoint while paused
     out = c.handle(DriverUp("xrd", 3.0))
     assert c.state == "running"
-    assert [d.cmd_id for d in of(out, SendSetpoint)] == [sp.cmd_id]  # resent, same id
+    again = of(out, SendSetpoint)  # the pump was sent to its safe state: a new attempt
+    assert [d.condition for d in again] == [sp.condition] and again[0].cmd_id != sp.cmd_id
+
+
+def test_a_setpoint_pending_when_the_drivers_come_up_is_resent_with_the_same_id():
+    """The resume path that restarts nothing: a restored campaign whose setpoint was
+    not yet acknowledged (the pump was not sent a safe state since)."""
+    c = Campaign(toy_settings(), seed=0)
+    sp = of(up(c), SendSetpoint)[0]
+    c2 = Campaign.restore(
+        toy_settings(), 0, [_round_fact(c, 1), SetpointSent(sp.condition, sp.cmd_id, 1)]
+    )
+    out = c2.start(10.0)
+    for role in ROLES:
+        out += c2.handle(DriverUp(role, 10.0, "s1"))
+    assert [d.cmd_id for d in of(out, SendSetpoint)] == [sp.cmd_id]
+    assert not of(out, SendSafeState)
+
+
+def _round_fact(c: Campaign, round_no: int) -> RoundProposed:
+    ids = [cid for cid, r in c.conditions.items() if r.round == round_no]
+    x = c.space.to_array([c.conditions[cid].recipe for cid in ids])
+    return RoundProposed(round_no, x, tuple(c.conditions[cid].strategy for cid in ids), {}, None)
 
 
 def test_lost_pump_restarts_the_active_condition_with_a_new_command_id():
@@ -251,6 +275,116 @@ def test_lost_pump_restarts_the_active_condition_with_a_new_command_id():
     assert again[0].cmd_id != sp.cmd_id and again[0].attempt == 2
     assert "condition_restarted" in [d.event for d in out if isinstance(d, Note)]
     assert c.conditions[sp.condition].timeouts == 0  # not counted against the retry budget
+
+
+def notes(decisions, event):
+    return [d for d in decisions if isinstance(d, Note) and d.event == event]
+
+
+@pytest.mark.parametrize(
+    ("role", "fault"),
+    [("spectrometer", None), ("xrd", None), ("spectrometer", "lamp_failed"), ("pump", "stall")],
+)
+def test_a_driver_lost_mid_condition_sends_the_pump_safe_and_the_condition_restarts(role, fault):
+    """Silent (heartbeat timeout) or a fatal fault: pause, the pump to its safe state
+    (one command, named after the setpoint it supersedes, the reason naming the
+    driver), nothing else while paused, then a new attempt of the condition that is
+    not counted against its retry budget; the campaign ends with every condition once."""
+    c = Campaign(toy_settings(rounds=2), seed=1)
+    lab = SilentDriverLab(c, role=role, fault=fault, noise=0.001)
+    lab.run()
+    assert lab.dropped_out_at is not None
+    assert c.stopped and c.stop_reason.rule == "max_rounds"
+    assert [r.state for r in c.conditions.values()] == ["complete"] * 8
+    setpoints = of(lab.log, SendSetpoint)
+    assert len({d.cmd_id for d in setpoints}) == len(setpoints) == 9  # one restart
+    first, again = [d for d in setpoints if d.condition == "r01-c02"]
+    assert (first.attempt, again.attempt) == (1, 2)
+    assert c.conditions["r01-c02"].timeouts == 0 and c.conditions["r01-c02"].attempt == 2
+    safe = [d for d in of(lab.log, SendSafeState) if "paused" in d.reason]
+    assert [d.cmd_id for d in safe] == [first.cmd_id + ".safe"]
+    assert role in safe[0].reason and (fault is None or fault in safe[0].reason)
+    paused = lab.log.index(notes(lab.log, "campaign_paused")[0])
+    running = lab.log.index(notes(lab.log, "campaign_running")[1])
+    between = lab.log[paused:running]
+    assert of(between, SendSafeState) == safe
+    assert not of(between, SendSetpoint) and not of(between, SendAcquire)
+    restarted = notes(lab.log, "condition_restarted")
+    assert [n.fields["condition"] for n in restarted] == ["r01-c02"]
+    assert "safe state" in restarted[0].fields["reason"] and role in restarted[0].fields["reason"]
+
+
+def test_silent_pump_gets_no_safe_state_it_cannot_hear():
+    """The pump itself silent: it goes safe on its own (link loss); the agent sends
+    it nothing and restarts the condition when it is back."""
+    c = Campaign(toy_settings(rounds=1), seed=1)
+    lab = SilentDriverLab(c, role="pump", noise=0.001)
+    lab.run()
+    assert c.stopped and all(r.state == "complete" for r in c.conditions.values())
+    assert [d.reason for d in of(lab.log, SendSafeState)] == ["campaign stopped: max_rounds"]
+    assert [n.fields["condition"] for n in notes(lab.log, "condition_restarted")] == ["r01-c02"]
+
+
+def test_the_pause_safe_state_is_resent_until_acked_and_sent_once_per_setpoint():
+    c = Campaign(toy_settings(), seed=0)
+    sp = of(up(c), SendSetpoint)[0]
+    c.handle(SetpointAcked(sp.cmd_id, True, "", 0.1))
+    c.handle(FlowStable(sp.cmd_id, sp.condition, 0.2))
+    out = c.handle(DriverDown("spectrometer", 1.0))
+    assert c.state == "paused" and [d.cmd_id for d in of(out, SendSafeState)] == [
+        sp.cmd_id + ".safe"
+    ]
+    resent = []
+    for i in range(1, 40):
+        now = 1.0 + i * 0.05
+        c.driver_seen("pump", now)
+        c.driver_seen("xrd", now)
+        tick = c.handle(Tick(now))
+        assert not of(tick, SendSetpoint) and not of(tick, SendAcquire)
+        resent += [now for _ in of(tick, SendSafeState)]
+    assert len(resent) >= 3  # resent with backoff while unanswered
+    out = c.handle(SetpointAcked(sp.cmd_id + ".safe", True, "", 3.0))
+    assert notes(out, "safe_state_acked")
+    c.driver_seen("pump", 3.5)
+    assert not of(c.handle(Tick(3.5)), SendSafeState)  # acked: no more
+    assert not of(c.handle(DriverDown("xrd", 3.6)), SendSafeState)  # the pump is safe already
+
+
+@pytest.mark.parametrize(
+    ("severity", "role", "pauses"),
+    [
+        ("warning", "spectrometer", False),
+        ("error", "spectrometer", False),
+        ("error", "pump", False),
+        ("fatal", "spectrometer", True),
+        ("fatal", "pump", True),
+        ("fatal", "camera", False),  # not a required driver
+    ],
+)
+def test_only_a_fatal_fault_of_a_required_driver_pauses_until_a_hello_of_a_new_session(
+    severity, role, pauses
+):
+    c = Campaign(toy_settings(), seed=0)
+    c.start(0.0)
+    for r in ROLES:
+        settle(c, c.handle(DriverUp(r, 0.0, f"{r}-1")))
+    sp = next(d for d in c._pending.values() if isinstance(d.decision, SendSetpoint)).decision
+    out = c.handle(DriverFault(role, "boom", severity, "it broke", 0.5))
+    logged = notes(out, "driver_fault")
+    assert logged and logged[0].fields["code"] == "boom" and logged[0].fields["role"] == role
+    assert logged[0].level == ("warning" if severity == "warning" else "error")
+    assert c.is_faulted(role) is pauses
+    assert c.state == ("paused" if pauses else "running")
+    assert bool(of(out, SendSafeState)) is pauses
+    if not pauses:
+        return
+    out = c.handle(DriverUp(role, 1.0, f"{role}-1"))  # the same session: still faulted
+    assert notes(out, "driver_still_faulted") and c.state == "paused"
+    out = c.handle(DriverUp(role, 2.0, f"{role}-2"))  # restarted
+    assert c.state == "running" and not c.is_faulted(role)
+    assert notes(out, "driver_up")[0].fields["fault_cleared"] == "boom"
+    again = of(out, SendSetpoint)
+    assert [d.condition for d in again] == [sp.condition] and again[0].attempt == 2
 
 
 def test_heartbeat_timeout_marks_a_driver_down():

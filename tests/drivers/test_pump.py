@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 from drivers.faults import SetpointRefused
-from drivers.pump import DEFAULT_CHANNELS, AppliedLog, Channel, channel_map, validate_flows
+from drivers.pump import (
+    DEFAULT_CHANNELS,
+    AppliedLog,
+    Channel,
+    SimulatedPump,
+    channel_map,
+    validate_flows,
+)
 from protocols.messages import Heartbeat, SafeState, Setpoint
 
 if TYPE_CHECKING:
@@ -71,6 +78,18 @@ def test_a_channel_with_a_minimum_is_either_off_or_above_it() -> None:
     assert validate_flows(chans, {"oil": 50.0}) == {"oil": 50.0}
     with pytest.raises(SetpointRefused):
         validate_flows(chans, {"oil": 10.0})
+
+
+@pytest.mark.parametrize(
+    ("safe", "words"),
+    [({"nitrogen": 5.0}, ["unknown channel", "nitrogen"]), ({"oil": 2000.0}, ["oil", "2000"])],
+)
+def test_safe_flows_are_held_to_the_hard_limits(safe: dict[str, float], words: list[str]) -> None:
+    """A purge recipe as the safe state: known channels, within their limits."""
+    assert SimulatedPump(safe_flows={"water": 50.0, "oil": 25.0}).safe_flows["oil"] == 25.0
+    with pytest.raises(ValueError, match="safe flows") as err:
+        SimulatedPump(safe_flows=safe)
+    assert all(w in str(err.value) for w in words)
 
 
 def test_applied_log_survives_a_torn_last_line(tmp_path: Path) -> None:

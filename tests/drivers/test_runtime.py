@@ -15,6 +15,7 @@ from protocols.codec import encode
 from protocols.messages import (
     Acquire,
     Heartbeat,
+    Hello,
     Setpoint,
     SetpointAck,
     Spectrum,
@@ -140,6 +141,21 @@ async def test_link_loss_sends_the_pump_to_safe_state_and_back_to_hellos(
     assert set(safe.flows.values()) == {0.0}
     again = await agent.reply(lambda m: m.seq > beat.seq, kind="hello", source=b"pump")
     assert again.session == hello.session
+
+
+@pytest.mark.e2e
+async def test_a_hello_from_the_agent_is_answered_with_a_hello_at_once(
+    agent: FakeAgent, start_driver: StartDriver
+) -> None:
+    """The agent counted the driver down (it went silent, docs/protocol.md 7.5) while
+    the driver still hears it: the agent's hello brings the driver's hello, not a
+    rejection, well before the driver's own link-loss timeout (5 s)."""
+    _pump(start_driver, agent)
+    hello = await agent.greet(b"pump")
+    beat = await agent.reply(kind="heartbeat", source=b"pump")
+    await agent.send(b"pump", Hello, role="agent", session="a2", instrument="sdl-agent")
+    again = await agent.reply(lambda m: m.seq > beat.seq, kind="hello", source=b"pump", timeout=3.0)
+    assert again.session == hello.session  # the same process: the same session
 
 
 @pytest.mark.e2e

@@ -1,0 +1,234 @@
+"""Safe states end to end: a driver stops answering mid-condition (SIGSTOP), then
+comes back (SIGCONT). The agent and the three simulated drivers are real
+processes on loopback TCP; the test follows the agent's JSON log as it is
+written and the pump's log file, and waits on log lines (each wait bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.demo import find_free_base, start_drivers, stop_drivers
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMPAIGN = ROOT / "examples" / "agnp.toml"
+TIMEOUT = float(os.environ.get("SDL_E2E_TIMEOUT", "60"))
+#: a purge recipe: the pump's safe state keeps water and oil running (within limits)
+PURGE = {"water": 50.0, "oil": 25.0}
+SETTINGS = {
+    "campaign.id": "safe",
+    "campaign.batch_size": 3,
+    "strategy.kind": '"lhs"',
+    "stop.max_rounds": 1,
+    "stop.target_loss": 0.0,
+    "drivers.heartbeat_timeout_s": 1.5,
+}
+
+Record = dict[str, Any]
+
+
+def sdl_agent(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())", *args]
+
+
+class AgentLog:
+    """The agent's stderr, one JSON record a line, read as it is written (so the
+    pipe never fills); :meth:`wait_for` returns the first record from ``start``
+    on that matches."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self.records: list[Record] = []
+        self.tail: list[str] = []
+        self._more = asyncio.Event()
+        self._task = asyncio.create_task(self._read(stream))
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            text = line.decode(errors="replace")
+            if text.startswith("{"):
+                self.records.append(json.loads(text))
+            else:
+                self.tail = [*self.tail[-50:], text]
+            self._more.set()
+        self._more.set()
+
+    async def wait_for(self, pred: Callable[[Record], bool], what: str, start: int = 0) -> int:
+        """Index of the first matching record at or after ``start``."""
+        seen = start
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                while True:
+                    for i in range(seen, len(self.records)):
+                        if pred(self.records[i]):
+                            return i
+                    seen = len(self.records)
+                    if self._task.done():
+                        raise AssertionError(f"the agent exited before {what}: {self.tail[-5:]}")
+                    self._more.clear()
+                    await self._more.wait()
+        except TimeoutError:
+            raise AssertionError(f"no {what} within {TIMEOUT} s: {self.tail[-5:]}") from None
+
+    async def closed(self) -> None:
+        await asyncio.wait_for(self._task, TIMEOUT)
+
+
+async def wait_for_line(path: Path, pred: Callable[[Record], bool], what: str) -> Record:
+    """The first JSON record of a driver's log file that matches (the file is polled)."""
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                text = await asyncio.to_thread(lambda: path.read_text() if path.exists() else "")
+                for line in text.splitlines():
+                    if line.startswith("{") and pred(rec := json.loads(line)):
+                        return rec
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"no {what} in {path.name} within {TIMEOUT} s") from None
+
+
+def event(name: str, **fields: Any) -> Callable[[Record], bool]:
+    return lambda r: r.get("event") == name and all(r.get(k) == v for k, v in fields.items())
+
+
+async def run_and_silence(tmp_path: Path, role: str, trigger: Callable[[Record], bool]):
+    """Run a one-round campaign; when ``trigger`` matches a record of the agent's
+    log, SIGSTOP ``role``; once the agent has paused (and, for a silent
+    spectrometer, the pump has gone to its safe flows), SIGCONT it. Returns the
+    agent's log records, its exit code and the pump's applied log."""
+    base = find_free_base()
+    applied = tmp_path / "applied.jsonl"
+    sets = [x for k, v in SETTINGS.items() for x in ("--set", f"{k}={v}")]
+    agent = await asyncio.create_subprocess_exec(
+        *sdl_agent("run", str(CAMPAIGN), "--base", base, "--out", str(tmp_path), *sets),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    purge = ",".join(f"{k}={v:g}" for k, v in PURGE.items())
+    procs = start_drivers(
+        base,
+        time_scale=0.01,
+        seed=0,
+        log_dir=tmp_path / "logs",
+        extra={
+            "pump": ["--applied-log", str(applied), "--safe-flows", purge],
+            # droplets 0.2 s apart: a condition measures for >= 1 s, so the SIGSTOP
+            # lands while it is measuring
+            "spectrometer": ["--droplet-interval", "20"],
+        },
+    )
+    assert agent.stderr is not None
+    log = AgentLog(agent.stderr)
+    victim = procs[role]
+    try:
+        at = await log.wait_for(trigger, "the trigger")
+        os.kill(victim.pid, signal.SIGSTOP)
+        down = await log.wait_for(event("driver_down", role=role), f"{role} down", at)
+        paused = await log.wait_for(
+            lambda r: r.get("event") == "campaign_paused" and role in r["missing"], "a pause", at
+        )
+        if role != "pump":
+            await log.wait_for(
+                lambda r: r.get("event") == "safe_state_sent" and role in r["reason"],
+                "a safe state",
+                at,
+            )
+            safe = await wait_for_line(
+                tmp_path / "logs" / "pump.log",
+                lambda r: r.get("event") == "safe_state" and "paused" in r.get("reason", ""),
+                "the pump at its safe flows",
+            )
+            assert safe["cmd_id"].endswith(".safe") and role in safe["reason"]
+            assert safe["flows"] == {**dict.fromkeys(safe["flows"], 0.0), **PURGE}
+        assert victim.poll() is None  # stopped, not dead
+        os.kill(victim.pid, signal.SIGCONT)
+        await log.wait_for(event("driver_up", role=role), f"{role} back", down)
+        await log.wait_for(event("campaign_running", was="paused"), "the resume", paused)
+        await log.wait_for(event("campaign_stopped"), "the end", paused)
+        await log.closed()
+        code = await asyncio.wait_for(agent.wait(), TIMEOUT)
+    finally:
+        # kept for a failure's post-mortem
+        (tmp_path / "agent.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log.records))
+        for p in procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGCONT)
+        if agent.returncode is None:
+            agent.kill()
+            await agent.wait()
+        stop_drivers(procs)
+    return log.records, code, applied
+
+
+def the_pause(records: list[Record], role: str) -> tuple[int, int]:
+    """Indices of the pause ``role`` caused and of the resume after it (a loaded
+    machine may add pauses of its own; they are not this one)."""
+    paused = next(
+        i for i, r in enumerate(records) if r["event"] == "campaign_paused" and role in r["missing"]
+    )
+    running = next(
+        i for i in range(paused, len(records)) if records[i]["event"] == "campaign_running"
+    )
+    return paused, running
+
+
+def check_the_campaign(tmp_path: Path, records: list[Record], applied: Path, role: str) -> str:
+    """Every condition once and complete; no command id applied twice; the pause
+    sent no setpoint or acquire, and the condition it interrupted started again
+    with a new attempt, which the pump applied. Returns that condition."""
+    rows = list(csv.DictReader((tmp_path / "conditions.csv").read_text().splitlines()))
+    assert sorted(r["condition"] for r in rows) == ["r01-c01", "r01-c02", "r01-c03"]
+    assert all(r["status"] == "complete" for r in rows), rows
+    stopped = [r for r in records if r["event"] == "campaign_stopped"]
+    assert stopped and {r["rule"] for r in stopped} == {"max_rounds"}  # (a note, an announcement)
+    ids = [json.loads(line)["cmd_id"] for line in applied.read_text().splitlines()]
+    assert len(ids) == len(set(ids)), ids
+    paused, running = the_pause(records, role)
+    during = {r["event"] for r in records[paused:running]}
+    assert not during & {"setpoint_sent", "acquire_sent"}
+    active = [r for r in records[:paused] if r["event"] == "setpoint_sent"][-1]
+    restarted = next(r for r in records[paused:] if r["event"] == "condition_restarted")
+    assert restarted["condition"] == active["condition"] and role in restarted["reason"]
+    again = next(r for r in records[running:] if r["event"] == "setpoint_sent")
+    assert again["condition"] == active["condition"]
+    assert again["attempt"] == active["attempt"] + 1 and again["cmd_id"] != active["cmd_id"]
+    assert again["cmd_id"] in ids  # the new attempt was applied
+    return active["condition"]
+
+
+async def test_a_silent_spectrometer_sends_the_pump_to_its_safe_flows_and_the_campaign_resumes(
+    tmp_path,
+):
+    trigger = event("acquire_sent", condition="r01-c02", role="spectrometer")
+    records, code, applied = await run_and_silence(tmp_path, "spectrometer", trigger)
+    assert code == 0
+    assert check_the_campaign(tmp_path, records, applied, "spectrometer") == "r01-c02"
+    paused, running = the_pause(records, "spectrometer")
+    safe = [r for r in records[paused:running] if r["event"] == "safe_state_sent"]
+    assert safe[0]["cmd_id"] == "safe.r01-c02.a1.safe"  # named after the setpoint it supersedes
+    assert "spectrometer is silent" in safe[0]["reason"]
+    counted = [r for r in records if r["event"] == "condition_complete"]
+    assert sorted(r["condition"] for r in counted) == ["r01-c01", "r01-c02", "r01-c03"]
+
+
+async def test_a_silent_pump_pauses_the_campaign_and_its_condition_restarts(tmp_path):
+    trigger = event("acquire_sent", condition="r01-c02", role="spectrometer")
+    records, code, applied = await run_and_silence(tmp_path, "pump", trigger)
+    assert code == 0
+    check_the_campaign(tmp_path, records, applied, "pump")
+    paused, running = the_pause(records, "pump")
+    # the pump cannot hear a safe state while it is silent: none is sent to it
+    assert not [r for r in records[paused:running] if r["event"] == "safe_state_sent"]
