@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
 import pydantic
 import structlog
 import zmq
@@ -54,7 +53,7 @@ from agent.core.status import campaign_status, condition_progress, filed_with
 from agent.core.strategies.base import StrategyError
 from agent.journal import Journal, JournalError
 from protocols import messages as m
-from protocols.codec import DEFAULT_MAX_BYTES, decode, encode
+from protocols.codec import DEFAULT_MAX_BYTES, decode, encode, spectrum_array
 from protocols.errors import CodecError
 from protocols.sockets import Endpoints, configure
 
@@ -363,7 +362,7 @@ class AgentRuntime:
             case m.FlowReadback(stable=True):
                 return FlowStable(msg.cmd_id, msg.condition, now)
             case m.Spectrum():
-                values = np.fromiter(msg.values, dtype=float, count=len(msg.values))
+                values = spectrum_array(msg)  # read-only, over the values frame: no copy
                 return SpectrumIn(
                     msg.condition, msg.replicate, values, msg.wl_start, msg.wl_step, now, msg.source
                 )
