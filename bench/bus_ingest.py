@@ -2,9 +2,10 @@
 
 The agent under test is the real one: :class:`agent.runtime.AgentRuntime` in this
 process, its ``_events`` coroutine receiving on its SUB socket, then ``_on_frames``
--> :func:`protocols.codec.decode` (JSON + pydantic, strict) -> sequence tracking ->
-``Campaign.handle`` -> the replicate rule (:mod:`agent.core.replicates`: the loss,
-outlier re-judging, the status) -> the journal (SQLite, as ``sdl-agent run`` does;
+-> :func:`protocols.codec.decode` (the JSON header through pydantic, strict; the
+values frame's length and finiteness) -> sequence tracking -> ``Campaign.handle``
+-> the replicate rule (:mod:`agent.core.replicates`: the loss, outlier
+re-judging, the status) -> the journal (SQLite, as ``sdl-agent run`` does;
 ``--no-journal`` runs without it too) -> the structured log (JSON lines to a file).
 
 The instruments are one separate process (``multiprocessing``, spawn): a pump that
@@ -400,7 +401,7 @@ PROFILED = [
         "type_adapter.py",
         "validate_json",
     ),
-    ("to core event (`np.fromiter` of 421 values)", "agent/runtime.py", "_to_event"),
+    ("to core event (`spectrum_array`: `np.frombuffer`, no copy)", "agent/runtime.py", "_to_event"),
     ("sequence tracking (`SequenceTracker.observe`)", "agent/core/sequence.py", "observe"),
     ("core: `Campaign.handle`", "agent/core/campaign.py", "handle"),
     ("of which `ConditionReplicates.add`", "agent/core/replicates.py", "add"),
@@ -412,6 +413,12 @@ PROFILED = [
     ),
     ("of which `status()` (copies the used spectra)", "agent/core/replicates.py", "_make_status"),
     ("journal: `Journal.commit`", "agent/journal.py", "commit"),
+    ("journal: the group's `executemany` + COMMIT (`Journal.flush`)", "agent/journal.py", "flush"),
+    (
+        "views: held `condition_progress` published (`_release_views`)",
+        "agent/runtime.py",
+        "_release_views",
+    ),
     ("decisions: `_execute` (sends, status, log)", "agent/runtime.py", "_execute"),
     ("socket: `recv_multipart` (zmq.asyncio)", "zmq/_future.py", "recv_multipart"),
 ]
