@@ -44,8 +44,8 @@ from protocols.messages import MESSAGE_ADAPTER, SCHEMA_VERSION, VALUES_DTYPE, Me
 
 __all__ = ["DEFAULT_MAX_BYTES", "decode", "encode", "spectrum_array", "topic_of"]
 
-#: Largest message accepted, all frames together (a 8192-point spectrum in JSON
-#: is ~200 kB).
+#: Largest message accepted, all frames together (a 8192-point spectrum is 64 kB
+#: of values).
 DEFAULT_MAX_BYTES = 1 << 20
 
 
