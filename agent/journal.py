@@ -120,6 +120,7 @@ CREATE INDEX events_kind ON events (what, kind);
 """
 
 _SYNC = ("NORMAL", "FULL")
+_INSERT_REPLICATE = "INSERT INTO replicates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _CHECKPOINT_S = 0.25  # seconds between WAL checkpoints of the checkpoint thread
 
 
@@ -170,6 +171,8 @@ class Journal:
         #: (seq, commands) when the open group of deferred steps began (None: none open)
         self._group: tuple[int, set[str]] | None = None
         self.deferred = 0  # steps written into the open group, not yet committed
+        #: replicate rows of deferred steps not yet inserted: one ``executemany`` for them all
+        self._rows: list[tuple[Any, ...]] = []
         self._checkpointer: _Checkpointer | None = None
         self._commands: set[str] = {
             r[0] for r in conn.execute("SELECT cmd_id FROM events WHERE what = 'command'")
@@ -357,6 +360,14 @@ class Journal:
                 self.flush()
             return
         try:
+            if defer and not decisions and isinstance(event, SpectrumIn):
+                # the common step (a droplet filed, nothing to act on): its row, numbered
+                # now, joins the group's batch; inserted in one executemany before the
+                # next statement of this connection (same rows, same order)
+                self._open_group()
+                self._rows.append(self._replicate_row(campaign, event, decisions, now))
+                self.deferred += 1
+                return
             with self._transaction(keep_open=defer):
                 if event is not None:
                     self._write_event(campaign, event, decisions, now, rng_state)
@@ -374,6 +385,7 @@ class Journal:
         if self._group is None:
             return
         try:
+            self._insert_rows()
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
@@ -515,6 +527,7 @@ class Journal:
         """Rows of a read-only query over the tables (for export and reports)."""
         if not sql.lstrip().upper().startswith("SELECT"):
             raise ValueError("query() only reads")
+        self._insert_rows()  # this connection reads its own open group, whole
         return iter(self._db.execute(sql, params))
 
     @contextlib.contextmanager
@@ -532,6 +545,7 @@ class Journal:
     def count(self, table: str) -> int:
         if table not in ("rounds", "conditions", "setpoints", "replicates", "events"):
             raise ValueError(f"no table {table!r}")
+        self._insert_rows()
         return int(self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
     # ---------------------------------------------------------------- internals
@@ -540,10 +554,9 @@ class Journal:
     def _transaction(self, *, keep_open: bool = False) -> Iterator[None]:
         """One transaction, or a step added to the open group of deferred steps;
         committed unless ``keep_open`` (then it stays the open group)."""
-        if self._group is None:
-            self._group = (self._seq, set(self._commands))
-            self._db.execute("BEGIN")
+        self._open_group()
         try:
+            self._insert_rows()
             yield
             if keep_open:
                 self.deferred += 1
@@ -554,7 +567,19 @@ class Journal:
             self._rollback()
             raise
 
+    def _open_group(self) -> None:
+        if self._group is None:
+            self._group = (self._seq, set(self._commands))
+            self._db.execute("BEGIN")
+
+    def _insert_rows(self) -> None:
+        """Insert the batched replicate rows of the open group (see :meth:`commit`)."""
+        if self._rows:
+            rows, self._rows = self._rows, []
+            self._db.executemany(_INSERT_REPLICATE, rows)
+
     def _rollback(self) -> None:
+        self._rows = []
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("ROLLBACK")
         if self._group is not None:
@@ -604,38 +629,8 @@ class Journal:
     ) -> None:
         match event:
             case SpectrumIn():
-                rec = campaign.conditions.get(event.condition)
-                code = reason = None
-                for d in decisions:
-                    f = d.fields if isinstance(d, Note) else {}
-                    if (
-                        isinstance(d, Note)
-                        and d.event == "message_rejected"
-                        and f.get("condition") == event.condition
-                        and f.get("replicate") == event.replicate
-                    ):
-                        code, reason = str(f.get("code")), str(f.get("reason"))
-                loss = None
-                if rec is not None and rec.replicates is not None and code in (None, "outlier"):
-                    loss = rec.replicates.loss_of(event.replicate)
-                values = np.ascontiguousarray(event.values, dtype="<f8")
                 self._db.execute(
-                    "INSERT INTO replicates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        self._next(),
-                        now,
-                        event.condition,
-                        None if rec is None else rec.attempt,
-                        int(event.replicate),
-                        event.source,
-                        event.wl_start,
-                        event.wl_step,
-                        values.tobytes(),
-                        loss,
-                        "accepted" if code is None else "rejected",
-                        code,
-                        reason,
-                    ),
+                    _INSERT_REPLICATE, self._replicate_row(campaign, event, decisions, now)
                 )
             case ProposalReady():
                 if not any(isinstance(d, Announce) and d.kind == "proposal" for d in decisions):
@@ -686,6 +681,41 @@ class Journal:
                 self._event(now, "input", "flow_stable", None, None, event.cmd_id, body)
             case _:  # ticks, driver up/down: their decisions say what they changed
                 return
+
+    def _replicate_row(
+        self, campaign: Campaign, event: SpectrumIn, decisions: Sequence[Decision], now: float
+    ) -> tuple[Any, ...]:
+        """The ``replicates`` row of a spectrum filed (its verdict from ``decisions``)."""
+        rec = campaign.conditions.get(event.condition)
+        code = reason = None
+        for d in decisions:
+            f = d.fields if isinstance(d, Note) else {}
+            if (
+                isinstance(d, Note)
+                and d.event == "message_rejected"
+                and f.get("condition") == event.condition
+                and f.get("replicate") == event.replicate
+            ):
+                code, reason = str(f.get("code")), str(f.get("reason"))
+        loss = None
+        if rec is not None and rec.replicates is not None and code in (None, "outlier"):
+            loss = rec.replicates.loss_of(event.replicate)
+        values = np.ascontiguousarray(event.values, dtype="<f8")
+        return (
+            self._next(),
+            now,
+            event.condition,
+            None if rec is None else rec.attempt,
+            int(event.replicate),
+            event.source,
+            event.wl_start,
+            event.wl_step,
+            values.tobytes(),
+            loss,
+            "accepted" if code is None else "rejected",
+            code,
+            reason,
+        )
 
     def _write_decision(self, campaign: Campaign, d: Decision, now: float) -> None:
         match d:

@@ -3,7 +3,8 @@
 It connects one SUB socket to the agent's status endpoint (the base port + 2,
 docs/protocol.md §12) and never sends a message: it cannot command anything.
 What it shows comes from the status events, chiefly ``campaign_status`` (every
-``[bus] status_interval_s``) and ``condition_progress`` (every replicate).
+``[bus] status_interval_s``) and ``condition_progress`` (the replicates filed,
+a drained batch at a time).
 
 Three ways to show it:
 

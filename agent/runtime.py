@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
 import pydantic
 import structlog
 import zmq
@@ -56,7 +55,7 @@ from agent.core.status import campaign_status, condition_progress, filed_with
 from agent.core.strategies.base import StrategyError
 from agent.journal import Journal, JournalError
 from protocols import messages as m
-from protocols.codec import DEFAULT_MAX_BYTES, decode, encode
+from protocols.codec import DEFAULT_MAX_BYTES, decode, encode, spectrum_array
 from protocols.errors import CodecError
 from protocols.sockets import Endpoints, configure
 
@@ -151,11 +150,13 @@ class AgentRuntime:
         self._sub: zmq.asyncio.Socket | None = None
         self._pub: zmq.asyncio.Socket | None = None
         self._pub_out: zmq.Socket | None = None  # the PUB without asyncio's futures
+        self._router_plain: zmq.Socket | None = None  # the ROUTER's: see _router_out
         self.bound = asyncio.Event()
         self._changed = asyncio.Event()
         self._proposal_task: asyncio.Task[None] | None = None
-        #: condition_progress views of deferred steps, published once their rows are committed
-        self._held_views: list[dict[str, Any]] = []
+        #: condition_progress views held until the end of the drained batch (their rows
+        #: committed): the latest one of each condition
+        self._held_views: dict[str, dict[str, Any]] = {}
 
     # ---------------------------------------------------------------- public
 
@@ -383,7 +384,7 @@ class AgentRuntime:
             case m.FlowReadback(stable=True):
                 return FlowStable(msg.cmd_id, msg.condition, now)
             case m.Spectrum():
-                values = np.fromiter(msg.values, dtype=float, count=len(msg.values))
+                values = spectrum_array(msg)  # read-only, over the values frame: no copy
                 return SpectrumIn(
                     msg.condition, msg.replicate, values, msg.wl_start, msg.wl_step, now, msg.source
                 )
@@ -426,11 +427,14 @@ class AgentRuntime:
 
         Group commit: a spectrum that leads to no decision has nothing to act on,
         so its rows are written into the open group (``Journal.commit(defer=True)``)
-        and its ``condition_progress`` view is held; both go out at :meth:`_flush`
-        (the end of a drained batch of measurements) or with the next step that
-        does act, whose transaction commits the group before anything is sent.
+        and its ``condition_progress`` view is held, replacing the one held for the
+        same condition (a monitor sees the latest counts of each condition once a
+        drained batch); both go out at :meth:`_flush` (the end of a drained batch
+        of measurements) or with the next step that does act, whose transaction
+        commits the group before anything is sent. Waiters of :meth:`wait_until`
+        are woken then too.
         """
-        defer = self.journal is not None and not decisions and isinstance(event, SpectrumIn)
+        defer = not decisions and isinstance(event, SpectrumIn)
         if self.journal is not None:
             try:
                 self.journal.commit(
@@ -439,21 +443,25 @@ class AgentRuntime:
             except JournalError as exc:
                 log.error("journal_write_failed", reason=str(exc))
                 raise
-            if not defer and self._held_views:
-                self._release_views()
+        if not defer and self._held_views:
+            self._release_views()
         if isinstance(event, SpectrumIn) and filed_with(self.campaign, event.condition, decisions):
             # before the decisions: the replicate that completed a condition comes
             # before its condition_complete
             fields = condition_progress(self.campaign, event.condition, self.clock.now())
             if fields is not None:
                 if defer:
-                    self._held_views.append(fields)
+                    self._held_views.pop(event.condition, None)
+                    self._held_views[event.condition] = fields
                 else:
                     self._publish_view("condition_progress", fields)
+        if defer:
+            return  # nothing to execute; waiters are woken at the end of the batch
         self._execute(decisions)
 
     def _flush(self) -> None:
-        """Commit the journal's deferred steps, then publish the views held for them."""
+        """Commit the journal's deferred steps, then publish the views held for them
+        and wake the waiters of :meth:`wait_until`."""
         if self.journal is not None and self.journal.deferred:
             try:
                 self.journal.flush()
@@ -461,11 +469,16 @@ class AgentRuntime:
                 log.error("journal_write_failed", reason=str(exc))
                 raise
         self._release_views()
+        self._notify()
 
     def _release_views(self) -> None:
-        views, self._held_views = self._held_views, []
-        for fields in views:
+        views, self._held_views = self._held_views, {}
+        for fields in views.values():
             self._publish_view("condition_progress", fields)
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     def _execute(self, decisions: list[Decision]) -> None:
         status_sent = False
@@ -525,8 +538,7 @@ class AgentRuntime:
                     getattr(log, d.level)(d.event, **ctx)
         if self.campaign.stopped and not self._stopped.is_set():
             self._stopped.set()
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        self._notify()
 
     async def _propose(self, round_no: int) -> None:
         """Fit and optimise in a worker thread so heartbeats and late labels keep flowing."""
@@ -549,10 +561,20 @@ class AgentRuntime:
             )
             return
         try:
-            self._router.send_multipart([identity, *encode(msg)], flags=zmq.NOBLOCK)
+            self._router_out().send_multipart([identity, *encode(msg)], flags=zmq.NOBLOCK)
             self.counters.sent += 1
         except zmq.ZMQError as exc:  # peer gone or HWM: the core resends until acked
             log.warning("command_send_failed", role=role, kind=msg.kind, reason=str(exc))
+
+    def _router_out(self) -> zmq.Socket:
+        """The ROUTER without asyncio's futures, for the non-blocking sends (a
+        future a send costs ~10 us); the asyncio socket itself once it is closed."""
+        assert self._router is not None
+        if self._router.closed:
+            return self._router  # as before: never a shadow of a freed handle
+        if self._router_plain is None or self._router_plain.underlying != self._router.underlying:
+            self._router_plain = zmq.Socket(shadow=self._router.underlying)
+        return self._router_plain
 
     def _greet(self, identity: bytes) -> None:
         if self._router is None:

@@ -2,9 +2,10 @@
 
 The agent under test is the real one: :class:`agent.runtime.AgentRuntime` in this
 process, its ``_events`` coroutine receiving on its SUB socket, then ``_on_frames``
--> :func:`protocols.codec.decode` (JSON + pydantic, strict) -> sequence tracking ->
-``Campaign.handle`` -> the replicate rule (:mod:`agent.core.replicates`: the loss,
-outlier re-judging, the status) -> the journal (SQLite, as ``sdl-agent run`` does;
+-> :func:`protocols.codec.decode` (the JSON header through pydantic, strict; the
+values frame's length and finiteness) -> sequence tracking -> ``Campaign.handle``
+-> the replicate rule (:mod:`agent.core.replicates`: the loss, outlier
+re-judging, the status) -> the journal (SQLite, as ``sdl-agent run`` does;
 ``--no-journal`` runs without it too) -> the structured log (JSON lines to a file).
 
 The instruments are one separate process (``multiprocessing``, spawn): a pump that
@@ -78,7 +79,7 @@ from agent.journal import Journal, config_hash  # noqa: E402
 from agent.logs import configure_logging  # noqa: E402
 from agent.runtime import AgentRuntime  # noqa: E402
 from protocols import messages as m  # noqa: E402
-from protocols.codec import decode, encode  # noqa: E402
+from protocols.codec import decode, encode, spectrum_array  # noqa: E402
 from protocols.sockets import Endpoints, configure  # noqa: E402
 
 CAMPAIGN = ROOT / "examples" / "agnp.toml"
@@ -132,7 +133,7 @@ def spectrum_frames(
                 wl_start=380.0,
                 wl_step=1.0,
                 n_points=base.size,
-                values=values.tolist(),
+                values=values,
             )
             seq += 1
             frames.append(encode(msg))
@@ -400,7 +401,7 @@ PROFILED = [
         "type_adapter.py",
         "validate_json",
     ),
-    ("to core event (`np.fromiter` of 421 values)", "agent/runtime.py", "_to_event"),
+    ("to core event (`spectrum_array`: `np.frombuffer`, no copy)", "agent/runtime.py", "_to_event"),
     ("sequence tracking (`SequenceTracker.observe`)", "agent/core/sequence.py", "observe"),
     ("core: `Campaign.handle`", "agent/core/campaign.py", "handle"),
     ("of which `ConditionReplicates.add`", "agent/core/replicates.py", "add"),
@@ -412,6 +413,12 @@ PROFILED = [
     ),
     ("of which `status()` (copies the used spectra)", "agent/core/replicates.py", "_make_status"),
     ("journal: `Journal.commit`", "agent/journal.py", "commit"),
+    ("journal: the group's `executemany` + COMMIT (`Journal.flush`)", "agent/journal.py", "flush"),
+    (
+        "views: held `condition_progress` published (`_release_views`)",
+        "agent/runtime.py",
+        "_release_views",
+    ),
     ("decisions: `_execute` (sends, status, log)", "agent/runtime.py", "_execute"),
     ("socket: `recv_multipart` (zmq.asyncio)", "zmq/_future.py", "recv_multipart"),
 ]
@@ -451,26 +458,29 @@ def profile_agent(spectrum: np.ndarray, conditions: int, replicates: int) -> dic
 def piece_costs(spectrum: np.ndarray, replicates: int) -> list[tuple[str, float]]:
     """Median microseconds of each step of the ingest path, timed alone (no profiler)."""
     import json
+    from typing import Annotated
 
-    from pydantic import TypeAdapter, create_model
+    from pydantic import ConfigDict, Field, TypeAdapter, create_model
 
     from agent.core.replicates import ConditionReplicates
 
     cfg = bench_config(1, replicates, "tcp://127.0.0.1:5560")
     settings = cfg.to_settings()
     frames = spectrum_frames(spectrum, 1, replicates)[0][1]
-    topic, body = frames[0]
-    values = json.loads(body)["values"]
-    arr = np.asarray(values)
-    # the same fields and bounds, without the two Python-level validators
-    plain = create_model(  # type: ignore[call-overload]
-        "PlainSpectrum",
-        __config__=m.Spectrum.model_config,
-        **{k: (f.annotation, f) for k, f in m.Spectrum.model_fields.items()},
+    _, body, blob = frames[0]
+    arr = spectrum_array(decode(frames[0]))
+    values = arr.tolist()
+    # reference: schema version 2 carried the values as JSON numbers in the body
+    v2 = create_model(  # type: ignore[call-overload]
+        "SpectrumV2",
+        __config__=ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False),
+        **{k: (f.annotation, f) for k, f in m.Spectrum.model_fields.items() if k != "values"},
+        values=(list[Annotated[float, Field(allow_inf_nan=False)]], ...),
     )
-    plain_adapter = TypeAdapter(plain)
+    v2_adapter = TypeAdapter(v2)
+    v2_body = json.dumps({**json.loads(body), "values": values}).encode()
 
-    arrays = [np.asarray(json.loads(f[1])["values"]) for f in frames]
+    arrays = [spectrum_array(decode(f)) for f in frames]
 
     def file_condition() -> None:
         reps = ConditionReplicates("c", settings.replicates, settings.loss, settings.grid, 0.0)
@@ -484,20 +494,26 @@ def piece_costs(spectrum: np.ndarray, replicates: int) -> list[tuple[str, float]
             reps.add(k, arr, 380.0, 1.0, now=1.0)
 
     cases: list[tuple[str, Callable[[], object], int]] = [
-        ("`json.loads` of the body (reference: JSON parse only)", lambda: json.loads(body), 1),
         (
-            "`protocols.codec.decode` (JSON + pydantic strict, all validators)",
-            lambda: decode([topic, body]),
+            "v2 reference: pydantic strict validation of the spectrum as one JSON body "
+            f"with its 421 numbers ({len(v2_body) / 1000:.1f} kB)",
+            lambda: v2_adapter.validate_json(v2_body, strict=True),
             1,
         ),
         (
-            "the same fields, pydantic without the Python validator (`_length_matches`)",
-            lambda: plain_adapter.validate_json(body, strict=True),
-            1,
-        ),
-        (
-            "`np.fromiter` of the 421 values (runtime -> core event)",
+            "v2 reference: `np.fromiter` of the 421 validated numbers (runtime -> core event)",
             lambda: np.fromiter(values, dtype=float, count=len(values)),
+            1,
+        ),
+        (
+            f"`protocols.codec.decode` of the 3 frames (v3: {len(body)} B JSON header, "
+            f"{len(blob)} B values, checked)",
+            lambda: decode(frames[0]),
+            1,
+        ),
+        (
+            "of which the values frame: `np.frombuffer` + `np.isfinite(...).all()`",
+            lambda: np.isfinite(np.frombuffer(blob, dtype="<f8")).all(),
             1,
         ),
         ("the loss of one spectrum (`AgnpLoss.__call__`)", lambda: settings.loss(arr), 1),
@@ -620,7 +636,8 @@ def report(args, argv, med, med_whole, kinds, last, prof, pieces, load_start, lo
         "with other jobs: absolute rates are noisy, the ratio to the bare loop in the same "
         "run less so).",
         f"- Setup: {args.conditions} conditions x {args.replicates} spectra of 421 points "
-        f"({n} spectra, ~{_frame_kb():.1f} kB JSON each) a run, over TCP loopback from a "
+        f"({n} spectra, {_frame_sizes()} each: schema version 3) a run, over TCP loopback "
+        "from a "
         "separate process; examples/agnp.toml with `replicates.max_count = per_acquire = "
         f"{args.replicates}`, `settle_tolerance = 0`, one LHS round, pump + spectrometer "
         "(see the docstring of bench/bus_ingest.py). Every spectrum was filed "
@@ -681,10 +698,10 @@ def report(args, argv, med, med_whole, kinds, last, prof, pieces, load_start, lo
     return "\n".join(lines) + "\n"
 
 
-def _frame_kb() -> float:
+def _frame_sizes() -> str:
     spectrum = np.full(421, 0.123456789012)
     frames = spectrum_frames(spectrum, 1, 1)[0][1][0]
-    return sum(len(f) for f in frames) / 1000
+    return " + ".join(f"{len(f)} B" for f in frames) + " (topic, JSON header, float64 values)"
 
 
 if __name__ == "__main__":

@@ -300,7 +300,7 @@ class SimulatedSpectrometer:
                 wl_start=self.grid.start,
                 wl_step=self.grid.step,
                 n_points=self.grid.n_points,
-                values=values.tolist(),
+                values=values,
             )
 
     def _next_replicate(self, condition: str) -> int:

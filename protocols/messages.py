@@ -12,7 +12,9 @@ fields and bounds every field. Each message carries the envelope fields:
 ``campaign``   campaign id ("" before a driver has been told one)
 =============  ==============================================================
 
-Messages hold data only: no behaviour, no live objects, no arrays.
+Messages hold data only: no behaviour, no live objects, no arrays. A
+spectrum's values are the one binary field: the raw little-endian float64
+bytes that travel in their own frame (schema version 3, ``codec.py``).
 
 >>> msg = Heartbeat(msg_id="ab12", source="pump", seq=3, ts=1.0, campaign="c1")
 >>> msg.kind
@@ -24,7 +26,18 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+import numpy as np
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    ValidationInfo,
+)
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "COMMAND_KINDS",
@@ -35,6 +48,7 @@ __all__ = [
     "MESSAGE_ADAPTER",
     "SCHEMA_VERSION",
     "STATUS_KINDS",
+    "VALUES_DTYPE",
     "Acquire",
     "AcquireAck",
     "ActiveCondition",
@@ -61,7 +75,9 @@ __all__ = [
     "new_id",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: A spectrum's values on the wire (its third frame): little-endian IEEE 754 float64.
+VALUES_DTYPE = np.dtype("<f8")
 MAX_SPECTRUM_POINTS = 8192
 MAX_CHANNELS = 32
 MAX_STOP_NUMBERS = 64  # numbers behind a stop reason (campaign_stopped)
@@ -90,7 +106,7 @@ class _Message(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    v: Literal[2] = SCHEMA_VERSION
+    v: Literal[3] = SCHEMA_VERSION
     msg_id: Id
     source: Name
     seq: Count
@@ -199,12 +215,106 @@ class FlowReadback(_Message):
     stable: bool
 
 
+def _spectrum_values(value: object, info: ValidationInfo) -> bytes:
+    """A spectrum's values as raw :data:`VALUES_DTYPE` bytes, checked.
+
+    From the wire (JSON mode) they are not in the body but in the frame after it,
+    which the codec passes as ``context={"values": frame}``; in Python they may be
+    given as those bytes or as numbers (a sequence or a 1-D array), packed here.
+    Either way: ``n_points`` values (``8 * n_points`` bytes), every one finite.
+    """
+    if info.mode == "json":
+        if value is not _NO_VALUES:
+            raise PydanticCustomError(
+                "values_in_body",
+                "the values travel in the frame after the body (schema version 3), not in it",
+            )
+        value = (info.context or {}).get("values")
+        if value is None:
+            raise PydanticCustomError(
+                "values_frame_missing", "a spectrum needs its values frame after the body"
+            )
+        blob = bytes(value)
+    elif isinstance(value, bytes | bytearray | memoryview):
+        blob = bytes(value)
+    else:
+        try:
+            array = np.asarray(value, dtype=VALUES_DTYPE)
+        except (TypeError, ValueError) as exc:
+            raise PydanticCustomError(
+                "float_type", "values must be numbers ({e})", {"e": str(exc)}
+            ) from None
+        if array.ndim != 1:
+            raise PydanticCustomError("list_type", "values must be one sequence of numbers")
+        blob = array.tobytes()
+    size = VALUES_DTYPE.itemsize
+    n_points = info.data.get("n_points")
+    if len(blob) % size:
+        raise PydanticCustomError(
+            "wrong_length",
+            "n_points={n_points} but the values frame has {nbytes} bytes, not a whole number "
+            "of {size}-byte little-endian float64",
+            {"n_points": n_points, "nbytes": len(blob), "size": size},
+        )
+    if n_points is not None and len(blob) != n_points * size:
+        raise PydanticCustomError(
+            "wrong_length",
+            "n_points={n_points} but {count} values were sent ({nbytes} bytes of "
+            "little-endian float64)",
+            {"n_points": n_points, "count": len(blob) // size, "nbytes": len(blob)},
+        )
+    array = np.frombuffer(blob, dtype=VALUES_DTYPE)
+    finite = np.isfinite(array)
+    if not finite.all():
+        index = int(np.argmin(finite))
+        raise PydanticCustomError(
+            "finite_number", "non-finite number at values.{index}", {"index": index}
+        )
+    if not 2 <= array.size <= MAX_SPECTRUM_POINTS:
+        raise PydanticCustomError(
+            "too_short" if array.size < 2 else "too_long",
+            "a spectrum has 2..{max} values, got {count}",
+            {"max": MAX_SPECTRUM_POINTS, "count": array.size},
+        )
+    return blob
+
+
+def _values_as_list(blob: bytes) -> list[float]:
+    return np.frombuffer(blob, dtype=VALUES_DTYPE).tolist()
+
+
+_NO_VALUES = b""  # the default: only seen when the values are not in the body
+SpectrumValues = Annotated[
+    SkipJsonSchema[bytes],
+    BeforeValidator(_spectrum_values),
+    PlainSerializer(_values_as_list, return_type=list[float], when_used="json"),
+]
+
+
 class Spectrum(_Message):
     """One replicate (one droplet) of a UV-Vis absorbance spectrum.
 
-    ``values[i]`` is the absorbance at ``wl_start + i * wl_step`` nm;
-    ``n_points`` must equal ``len(values)``.
+    ``values`` are ``n_points`` absorbances, the one at ``wl_start + i * wl_step``
+    nm at index ``i``, held as the raw little-endian float64 bytes that travel as
+    the message's third frame (not in the JSON body; :func:`protocols.codec.encode`).
+    Give them as numbers or as those bytes; read them with
+    :func:`protocols.codec.spectrum_array`. ``model_dump(mode="json")`` shows them
+    as a list of numbers.
     """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-values-frame": {
+                "frame": 2,
+                "dtype": "float64",
+                "byteorder": "little",
+                "count": "n_points",
+                "description": "the values are not in this JSON body but in the next "
+                "frame: n_points IEEE 754 doubles, little-endian, 8 * n_points bytes, "
+                "all finite",
+            }
+        }
+    )
 
     kind: Literal["spectrum"] = "spectrum"
     condition: Id
@@ -212,13 +322,7 @@ class Spectrum(_Message):
     wl_start: Annotated[float, Field(gt=0.0, lt=100_000.0)]
     wl_step: Annotated[float, Field(gt=0.0, lt=1000.0)]
     n_points: Annotated[int, Field(ge=2, le=MAX_SPECTRUM_POINTS)]
-    values: Annotated[list[Finite], Field(min_length=2, max_length=MAX_SPECTRUM_POINTS)]
-
-    @model_validator(mode="after")
-    def _length_matches(self) -> Spectrum:
-        if self.n_points != len(self.values):
-            raise ValueError(f"n_points={self.n_points} but {len(self.values)} values were sent")
-        return self
+    values: SpectrumValues = Field(default=_NO_VALUES, validate_default=True)
 
 
 class PhaseLabel(_Message):

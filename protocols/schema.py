@@ -7,8 +7,10 @@ can validate what it sends and receives. ``sdl-agent schema --out DIR`` calls
 
 What JSON Schema cannot say is checked by the codec only and written in
 docs/protocol.md: numbers are finite (JSON has no NaN anyway, but some encoders
-write ``NaN``), a spectrum's ``n_points`` equals ``len(values)``, and the topic
-frame matches the body.
+write ``NaN``), the topic frame matches the body, and a spectrum's values are
+not in its body but in a third frame of ``8 * n_points`` bytes (little-endian
+float64, all finite), which its schema names under ``x-values-frame``. The
+spectrum's example is its body, without the values.
 
 >>> schemas = json_schemas()
 >>> schemas["setpoint"]["properties"]["kind"]["const"]
@@ -285,7 +287,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         schema = model.model_json_schema()
         _require_kind(schema)
         if kind in examples:
-            schema["examples"] = [examples[kind].model_dump(mode="json")]
+            schema["examples"] = [examples[kind].model_dump(mode="json", exclude=_NOT_IN_BODY)]
         schemas[kind] = _finish(schema, title=model.__name__)
     union = MESSAGE_ADAPTER.json_schema()
     for definition in union.get("$defs", {}).values():
@@ -319,6 +321,9 @@ def write_schemas(directory: Path) -> list[Path]:
         )
         written.append(path)
     return written
+
+
+_NOT_IN_BODY = {"values"}  # a spectrum's: they travel in the frame after the body
 
 
 def _finish(schema: dict[str, Any], *, title: str) -> dict[str, Any]:

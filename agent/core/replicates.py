@@ -352,6 +352,7 @@ class ConditionReplicates:
         self._outlier: list[bool] = []
         self._outlier_reason: dict[int, str] = {}  # position -> reason
         self._history: list[float] = []
+        self._median_used = math.nan  # median loss of the used replicates, kept by _record
         self._n_invalid = 0
         self._complete = False
         self._settled = False
@@ -404,10 +405,7 @@ class ConditionReplicates:
     def median_loss(self) -> float:
         """Median loss of the used replicates (NaN when none): :attr:`ReplicateStatus.median_loss`
         without building the status (no copy of the spectra)."""
-        if self._status is not None:
-            return self._status.median_loss
-        used = [x for x, out in zip(self._losses, self._outlier, strict=True) if not out]
-        return _median(used) if used else math.nan
+        return self._median_used
 
     @property
     def deadline(self) -> float:
@@ -536,7 +534,7 @@ class ConditionReplicates:
         self._judge_outliers()
 
         used = [x for x, out in zip(self._losses, self._outlier, strict=True) if not out]
-        med = _median(used)
+        med = self._median_used = _median(used)
         is_outlier = self._outlier[pos]
         if not is_outlier:
             self._history.append(med)

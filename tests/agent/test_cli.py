@@ -55,7 +55,9 @@ def test_schema_writes_one_json_schema_per_kind(tmp_path):
     names = {p.name for p in tmp_path.glob("*.schema.json")}
     assert {"spectrum.schema.json", "setpoint.schema.json", "message.schema.json"} <= names
     spectrum = json.loads((tmp_path / "spectrum.schema.json").read_text())
-    assert "values" in spectrum["properties"]
+    # schema version 3: the values are the third frame, named by x-values-frame, not the body
+    assert "values" not in spectrum["properties"] and "n_points" in spectrum["properties"]
+    assert spectrum["x-values-frame"]["dtype"] == "float64"
 
 
 def test_driver_subcommand_hands_over_to_the_drivers_entry_point():

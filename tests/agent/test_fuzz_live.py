@@ -82,13 +82,24 @@ class Fuzzer:
         return [r.randbytes(r.choice((0, 1, 8, 40, 300))) for _ in range(r.randint(1, 4))]
 
     def _wrong_frame_count(self) -> Frames:
-        topic, body = encode(self._valid(self.rng.choice(("spectrum", "heartbeat")), "x", 0))
-        return self.rng.choice(([topic], [body], [topic, body, b""], [topic, body, topic, body]))
+        frames = encode(self._valid(self.rng.choice(("spectrum", "heartbeat")), "x", 0))
+        # one frame short (a spectrum without its values frame), one too many, twice over
+        return self.rng.choice((frames[:-1], frames[1:], [*frames, b""], frames + frames))
 
     def _mutated(self) -> Frames:
         r = self.rng
         kind = r.choice(("spectrum", "heartbeat", "setpoint_ack", "phase_label", "fault"))
-        topic, body = encode(self._valid(kind, "fuzz-m", r.randint(0, 99)))
+        topic, body, *values = encode(self._valid(kind, "fuzz-m", r.randint(0, 99)))
+        if values and r.random() < 0.3:  # a spectrum's binary values frame (schema v3)
+            v = bytearray(values[0])
+            if r.random() < 0.5:  # cut short, or grown, by a few bytes
+                v = v[: r.randrange(len(v))] if r.random() < 0.5 else v + r.randbytes(3)
+            else:  # a NaN or an infinity among the values
+                i = 8 * r.randrange(len(v) // 8)
+                v[i : i + 8] = r.choice(
+                    (b"\x00\x00\x00\x00\x00\x00\xf8\x7f", b"\x00" * 6 + b"\xf0\x7f")
+                )
+            return [topic, body, bytes(v)]
         b = bytearray(body)
         how = r.randrange(5)
         if how == 0:  # bit flips
@@ -109,7 +120,7 @@ class Fuzzer:
             doc[key] = r.choice((None, [], {}, "x" * 300, -1, 1e308 * 10, True))
             b = bytearray(json.dumps(doc).encode())
             topic = topic if r.random() < 0.8 else r.randbytes(10)
-        return [topic, bytes(b)]
+        return [topic, bytes(b), *values]
 
     # --- valid messages, wrong where they arrive ------------------------------------
 

@@ -30,9 +30,10 @@ from agent.core.events import (
     SendSetpoint,
     SpectrumIn,
 )
+from agent.core.replicates import ReplicateSettings
 from agent.core.testing import TOY_GRID, SilentDriverLab, ToyLab, toy_settings
 from agent.export import export_csv
-from agent.journal import Journal, JournalRefused
+from agent.journal import Journal, JournalError, JournalRefused
 
 ROLES = ("pump", "spectrometer", "xrd")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "agnp.toml"
@@ -534,3 +535,81 @@ def test_the_checkpoint_thread_keeps_the_wal_bounded(tmp_path):
         assert j._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
     with Journal.open(path) as j:
         assert j.count("replicates") == 1200
+
+
+class BatchedLab(JournalledLab):
+    """As the runtime files a drained batch: a spectrum with nothing to act on is
+    deferred (its row batched for one ``executemany``), the group is flushed every
+    ``batch`` steps, and a step that acts commits the group with it."""
+
+    def __init__(self, campaign: Campaign, journal: Journal, batch: int) -> None:
+        super().__init__(campaign, journal)
+        self.batch, self.steps, self.largest_group = batch, 0, 0
+
+    def record(self, event, decisions, **kw) -> None:
+        defer = not decisions and isinstance(event, SpectrumIn)
+        self.j.commit(self.c, event, decisions, self.now, defer=defer, **kw)
+        self.largest_group = max(self.largest_group, self.j.deferred)
+        self.steps += 1
+        if self.steps % self.batch == 0:
+            self.j.flush()
+
+
+def _rows(path: Path) -> dict[str, list[tuple]]:
+    db = sqlite3.connect(path)
+    try:
+        return {
+            t: db.execute(f"SELECT * FROM {t} ORDER BY seq").fetchall()
+            for t in ("rounds", "conditions", "setpoints", "replicates", "events")
+        }
+    finally:
+        db.close()
+
+
+def _replicate_states(c: Campaign) -> dict:
+    out = {}
+    for cid, r in c.conditions.items():
+        if r.replicates is not None:
+            st = r.replicates.status()
+            out[cid] = (st.used, st.outliers, st.median_loss, st.n_invalid, st.complete, st.reason)
+            out[cid] += (r.replicates.median_loss(), st.used_spectra.tobytes())
+    return out
+
+
+@pytest.mark.parametrize("batch", [7, 64])
+def test_batched_filing_writes_exactly_what_one_by_one_filing_writes(tmp_path, batch):
+    """Deferred spectra batched into one executemany a group: the same replicate
+    states, the same rows in every table (seq numbers included), the same restore."""
+    rule = ReplicateSettings(min_count=3, max_count=12, per_acquire=12, timeout_s=10.0)
+    settings = toy_settings(rounds=2, batch_size=3, replicates=rule)
+    one, batched = Campaign(settings, seed=4), Campaign(settings, seed=4)
+    with new_journal(tmp_path / "one.sqlite") as j:
+        JournalledLab(one, j).run()
+    with new_journal(tmp_path / "batched.sqlite") as j:
+        lab = BatchedLab(batched, j, batch)
+        lab.run()
+    assert lab.largest_group >= 3  # the batching was exercised
+    assert one.stopped and batched.stopped
+    assert _replicate_states(batched) == _replicate_states(one)
+    rows_one, rows_batched = _rows(tmp_path / "one.sqlite"), _rows(tmp_path / "batched.sqlite")
+    assert len(rows_one["replicates"]) >= 3 * 2 * 3
+    assert rows_batched == rows_one
+    with Journal.open(tmp_path / "batched.sqlite", campaign_id="toy", config_hash="h" * 64) as j:
+        restored = Campaign.restore(settings, 4, j.facts())
+    same_state(restored, one)
+
+
+def test_an_open_group_reads_whole_and_a_failed_write_drops_its_batched_rows(tmp_path):
+    """Rows batched for the group are seen by this connection's reads, and a write
+    that fails rolls them back with the group (nothing half-written)."""
+    campaign = Campaign(toy_settings(), seed=0)
+    with new_journal(tmp_path / "j.sqlite") as j:
+        j.commit(campaign, _spectrum(0), [], 1.0, defer=True)
+        j.commit(campaign, _spectrum(1), [], 1.0, defer=True)
+        assert j.count("replicates") == 2
+        j.commit(campaign, _spectrum(2), [], 1.0, defer=True)
+        j._db.execute("DROP TABLE replicates")  # the next insert fails
+        with pytest.raises(JournalError):
+            j.flush()
+        assert j.deferred == 0
+        assert j.count("events") == 0

@@ -25,7 +25,7 @@ from agent.demo import find_free_base
 from agent.journal import Journal
 from agent.runtime import AgentRuntime
 from protocols import messages as m
-from protocols.codec import decode, encode
+from protocols.codec import decode, encode, spectrum_array
 from protocols.sockets import Endpoints, configure
 
 TIMEOUT = 30.0
@@ -98,7 +98,7 @@ async def serve(peer: Peer, recipes: dict[str, dict[str, float]], on_message=Non
                 for _ in range(msg.n):
                     k = replicate.get(msg.condition, 0)
                     replicate[msg.condition] = k + 1
-                    values = toy_spectrum(recipes[msg.condition]).tolist()
+                    values = toy_spectrum(recipes[msg.condition])
                     await peer.publish(
                         m.Spectrum,
                         condition=msg.condition,
@@ -133,18 +133,19 @@ async def rogue(ctx: zmq.asyncio.Context, ep: Endpoints, condition: str) -> int:
         n_points=TOY_GRID.n,
         values=[0.1] * TOY_GRID.n,
     )
-    topic, body = encode(good)
+    topic, body, values = encode(good)
     doc = json.loads(body)
+    nan = np.array([0.1] * (TOY_GRID.n - 1) + [np.nan]).tobytes()
     bad_frames = [
         [b"garbage"],
-        [b"spectrum.rogue", b"\xff\xfe not json"],
-        [b"x.rogue", json.dumps({**doc, "kind": "teleport"}).encode()],
-        [topic, json.dumps({**doc, "v": 99}).encode()],
-        [topic, body.replace(b"0.1]", b"NaN]")],
-        [topic, json.dumps({**doc, "n_points": 3}).encode()],
-        [topic, json.dumps({**doc, "values": [0.1] * 4, "n_points": 4, "seq": 1}).encode()],
-        [b"spectrum.rogue", json.dumps({**doc, "condition": "r99-c99", "seq": 2}).encode()],
-        [b"spectrum.rogue", json.dumps({**doc, "seq": 2}).encode()],  # duplicate seq
+        [b"spectrum.rogue", b"\xff\xfe not json", values],
+        [b"x.rogue", json.dumps({**doc, "kind": "teleport"}).encode(), values],
+        [topic, json.dumps({**doc, "v": 99}).encode(), values],
+        [topic, body, nan],
+        [topic, json.dumps({**doc, "n_points": 3}).encode(), values],
+        [topic, json.dumps({**doc, "n_points": 4, "seq": 1}).encode(), np.full(4, 0.1).tobytes()],
+        [topic, json.dumps({**doc, "condition": "r99-c99", "seq": 2}).encode(), values],
+        [topic, json.dumps({**doc, "seq": 2}).encode(), values],  # duplicate seq
         [b"x" * 10, b"y" * (2 << 20)],  # oversized: dropped by ZeroMQ itself
     ]
     try:
@@ -344,7 +345,7 @@ def test_spectrum_model_round_trip_keeps_values():
         n_points=5,
         values=values,
     )
-    assert decode(encode(msg)).values == values
+    assert spectrum_array(decode(encode(msg))).tolist() == values
 
 
 async def test_progress_views_go_out_only_once_their_spectra_are_committed(ctx, tmp_path):

@@ -6,11 +6,12 @@ import json
 import os
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols.codec import DEFAULT_MAX_BYTES, decode, encode, topic_of
+from protocols.codec import DEFAULT_MAX_BYTES, decode, encode, spectrum_array, topic_of
 from protocols.errors import (
     CodecError,
     InvalidMessage,
@@ -34,15 +35,21 @@ KINDS = sorted(EXAMPLES)
 
 
 def body_of(kind: str, /, **changes: Any) -> list[bytes]:
-    """Frames of the example of ``kind`` with ``changes`` applied to its JSON body.
+    """Frames of the example of ``kind`` with ``changes`` applied to its JSON body
+    (a spectrum keeps its values frame).
 
     ``json.dumps`` writes float NaN/inf as the non-standard ``NaN``/``Infinity``,
     which is what a careless encoder in another language sends.
     """
     msg = EXAMPLES[kind]
-    data = msg.model_dump(mode="json")
+    data = msg.model_dump(mode="json", exclude={"values"})
     data.update(changes)
-    return [topic_of(msg), json.dumps(data).encode()]
+    return [topic_of(msg), json.dumps(data).encode(), *encode(msg)[2:]]
+
+
+def spectrum_frames(values: bytes, /, **changes: Any) -> list[bytes]:
+    """The example spectrum's topic and body (``changes`` applied) with ``values`` as frame 2."""
+    return [*body_of("spectrum", **changes)[:2], values]
 
 
 def reject(frames: Any, error: type[CodecError], *reason: str, **kwargs: Any) -> CodecError:
@@ -64,19 +71,38 @@ def reject(frames: Any, error: type[CodecError], *reason: str, **kwargs: Any) ->
 @pytest.mark.parametrize("kind", KINDS)
 def test_encode_gives_topic_and_json_body(kind: str) -> None:
     msg = EXAMPLES[kind]
-    topic, body = encode(msg)
+    frames = encode(msg)
+    topic, body = frames[:2]
     assert topic == f"{kind}.{msg.source}".encode("ascii")
     data = json.loads(body)
     assert data["kind"] == kind
-    assert data["v"] == SCHEMA_VERSION == 2
-    assert decode([topic, body]) == msg
+    assert data["v"] == SCHEMA_VERSION == 3
+    assert "values" not in data
+    assert len(frames) == (3 if kind == "spectrum" else 2)
+    assert decode(frames) == msg
+
+
+def test_a_spectrum_travels_as_raw_little_endian_doubles_bit_for_bit() -> None:
+    values = np.array([0.1, 1 / 3, -1.2345678901234567e-05, 5e-324, 1.7976931348623157e308])
+    msg = Spectrum(
+        msg_id="s", source="spectrometer", seq=0, ts=0.0, condition="c", replicate=0,
+        wl_start=380.0, wl_step=1.0, n_points=values.size, values=values,
+    )  # fmt: skip
+    topic, body, blob = encode(msg)
+    assert blob == values.astype("<f8").tobytes() and len(blob) == 8 * values.size
+    back = decode([topic, body, blob])
+    assert back == msg
+    out = spectrum_array(back)
+    assert out.dtype == np.float64 and not out.flags.writeable
+    assert np.array_equal(out, values) and out.tobytes() == values.tobytes()
+    assert back.model_dump(mode="json")["values"] == values.tolist()
 
 
 def test_decode_accepts_any_bytes_like_frames() -> None:
-    topic, body = encode(EXAMPLES["spectrum"])
+    topic, body, blob = encode(EXAMPLES["spectrum"])
     msg = EXAMPLES["spectrum"]
-    assert decode((bytearray(topic), memoryview(body))) == msg
-    assert decode((memoryview(topic), bytearray(body))) == msg
+    assert decode((bytearray(topic), memoryview(body), bytearray(blob))) == msg
+    assert decode((memoryview(topic), bytearray(body), memoryview(blob))) == msg
 
 
 def test_decode_accepts_fields_in_any_order_and_whitespace() -> None:
@@ -113,20 +139,23 @@ def test_unknown_kind(kind: object) -> None:
     reject(body_of("heartbeat", kind=kind), UnknownKind, "unknown message kind", repr(kind))
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, 99, "2", None, 2.5])
+@pytest.mark.parametrize("version", [0, 1, 2, 4, 99, "3", None, 3.5])
 def test_wrong_version(version: object) -> None:
     reject(
         body_of("heartbeat", v=version),
         UnsupportedVersion,
         f"schema version {version!r} is not supported",
-        "speaks 2",
+        "speaks 3",
     )
 
 
 def test_wrong_version_wins_over_unknown_kind_and_extra_fields() -> None:
     # a message of another schema may carry kinds and fields this side never heard of
-    reject(body_of("heartbeat", v=3, kind="calibrate"), UnsupportedVersion, "version 3")
+    reject(body_of("heartbeat", v=4, kind="calibrate"), UnsupportedVersion, "version 4")
     reject(body_of("heartbeat", v=1, colour="blue"), UnsupportedVersion, "version 1")
+    # a version-2 spectrum: the values in the body, two frames
+    v2 = EXAMPLES["spectrum"].model_dump(mode="json") | {"v": 2}
+    reject([b"spectrum.spectrometer", json.dumps(v2).encode()], UnsupportedVersion, "version 2")
     data = EXAMPLES["heartbeat"].model_dump(mode="json")
     del data["kind"]
     data["v"] = 4
@@ -138,14 +167,52 @@ def test_a_channel_called_v_is_not_the_version() -> None:
     assert "greater than or equal to 0" in str(err)
 
 
-@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity", "1e400", "-1e999"])
-def test_non_finite_in_spectrum(bad: str) -> None:
-    topic, body = encode(EXAMPLES["spectrum"])
-    body = body.replace(b"[0.21,", f"[0.21,{bad},".encode()).replace(
-        b'"n_points":8', b'"n_points":9'
-    )
-    assert bad.encode() in body
-    reject([topic, body], NonFiniteValue, "non-finite number", "spectrum.values.1")
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), "signalling NaN"])
+@pytest.mark.parametrize("index", [0, 1, 7])
+def test_non_finite_in_the_values_frame(bad: object, index: int) -> None:
+    values = spectrum_array(EXAMPLES["spectrum"]).copy()
+    if bad == "signalling NaN":
+        values.view("<u8")[index] = 0x7FF0000000000001
+    else:
+        values[index] = bad
+    frames = spectrum_frames(values.astype("<f8").tobytes())
+    reject(frames, NonFiniteValue, "non-finite number", f"spectrum.values.{index}")
+
+
+@pytest.mark.parametrize(
+    ("blob", "why"),
+    [
+        (b"", "0 values"),
+        (b"\x00" * 7, "has 7 bytes, not a whole number of 8-byte little-endian float64"),
+        (b"\x00" * 63, "has 63 bytes"),
+        (b"\x00" * 72, "9 values were sent (72 bytes"),
+        # float32 instead of float64: half the bytes (the length is the dtype check:
+        # 2 * n_points float32 are as long as n_points doubles and read as such)
+        (np.zeros(8, dtype="<f4").tobytes(), "4 values were sent (32 bytes"),
+        (np.zeros(8, dtype="<f2").tobytes(), "2 values were sent (16 bytes"),
+    ],
+    ids=["empty", "7 bytes", "63 bytes", "9 doubles", "8 float32", "8 float16"],
+)
+def test_values_frame_of_the_wrong_byte_length(blob: bytes, why: str) -> None:
+    reject(spectrum_frames(blob), WrongArrayLength, "n_points=8", why)
+
+
+def test_a_spectrum_without_its_values_frame() -> None:
+    topic, body, _ = encode(EXAMPLES["spectrum"])
+    reject([topic, body], MalformedFrames, "expected 3 frames for a spectrum")
+
+
+def test_values_in_the_json_body_are_refused() -> None:
+    values = EXAMPLES["spectrum"].model_dump(mode="json")["values"]
+    frames = body_of("spectrum", values=values)
+    reject(frames, InvalidMessage, "spectrum.values", "frame after the body")
+    reject(frames[:2], InvalidMessage, "frame after the body")
+
+
+@pytest.mark.parametrize("kind", ["heartbeat", "setpoint", "condition_progress"])
+def test_a_third_frame_on_any_other_kind(kind: str) -> None:
+    frames = [*encode(EXAMPLES[kind]), encode(EXAMPLES["spectrum"])[2]]
+    reject(frames, MalformedFrames, f"expected 2 frames (topic, body) for a {kind}, got 3")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
@@ -194,14 +261,16 @@ def test_a_full_spectrum_fits_the_default_limit_and_garbage_past_it_is_refused()
         values=[-1.2345678901234567e-05] * n,
     )
     assert decode(encode(big)) == big
+    assert sum(map(len, encode(big))) < DEFAULT_MAX_BYTES // 8
     junk = b'{"kind":"heartbeat","pad":"' + b"x" * DEFAULT_MAX_BYTES + b'"}'
     reject([b"heartbeat.pump", junk], OversizedMessage, f"limit of {DEFAULT_MAX_BYTES}")
 
 
-@pytest.mark.parametrize("count", [0, 1, 3, 4])
-def test_wrong_frame_count(count: int) -> None:
-    frames = [b"heartbeat.pump", *encode(EXAMPLES["heartbeat"]), b"", b""][:count]
-    reject(frames, MalformedFrames, "expected 2 frames", f"got {count}")
+@pytest.mark.parametrize("count", [0, 1, 4, 5])
+@pytest.mark.parametrize("kind", ["heartbeat", "spectrum"])
+def test_wrong_frame_count(count: int, kind: str) -> None:
+    frames = [*encode(EXAMPLES[kind]), b"", b"", b""][:count]
+    reject(frames, MalformedFrames, "expected 2 frames", "3 for a spectrum", f"got {count}")
 
 
 @pytest.mark.parametrize(
@@ -213,8 +282,10 @@ def test_wrong_frame_count(count: int) -> None:
         [b"heartbeat.pump", 42],
         [b"heartbeat.pump", {"kind": "heartbeat"}],
         "ab",
+        [*encode(EXAMPLES["spectrum"])[:2], [0.21] * 8],
+        [*encode(EXAMPLES["spectrum"])[:2], "values"],
     ],
-    ids=["str topic", "str body", "None topic", "int body", "dict body", "a str"],
+    ids=["str topic", "str body", "None topic", "int body", "dict body", "a str", "list", "str"],
 )
 def test_non_bytes_frames(frames: Any) -> None:
     reject(frames, MalformedFrames, "frames must be bytes")
@@ -344,7 +415,7 @@ def test_fuzz_json_documents(topic: bytes, doc: Any) -> None:
     data=st.data(),
 )
 def test_fuzz_mutated_valid_messages(index: int, other: int, data: st.DataObject) -> None:
-    topic, body = VALID_FRAMES[index]
+    topic, body, *rest = VALID_FRAMES[index]
     mutation = data.draw(st.sampled_from(["flip", "truncate", "splice", "insert"]))
     position = data.draw(st.integers(min_value=0, max_value=len(body)))
     if mutation == "flip":
@@ -363,7 +434,36 @@ def test_fuzz_mutated_valid_messages(index: int, other: int, data: st.DataObject
         body = body[:position] + donor[cut:]
     else:
         body = body[:position] + data.draw(st.binary(min_size=1, max_size=16)) + body[position:]
-    decode_or_codec_error([topic, body])
+    decode_or_codec_error([topic, body, *rest])
+
+
+@FUZZ
+@given(
+    mutation=st.sampled_from(["flip", "truncate", "extend", "replace", "drop", "extra"]),
+    data=st.data(),
+)
+def test_fuzz_mutated_values_frame(mutation: str, data: st.DataObject) -> None:
+    topic, body, blob = encode(EXAMPLES["spectrum"])
+    frames: list[bytes] = [topic, body, blob]
+    if mutation == "flip":
+        flips = data.draw(
+            st.lists(st.tuples(st.integers(0, len(blob) - 1), st.integers(1, 255)), max_size=4)
+        )
+        mutated = bytearray(blob)
+        for i, mask in flips:
+            mutated[i] ^= mask
+        frames[2] = bytes(mutated)
+    elif mutation == "truncate":
+        frames[2] = blob[: data.draw(st.integers(0, len(blob)))]
+    elif mutation == "extend":
+        frames[2] = blob + data.draw(st.binary(min_size=1, max_size=24))
+    elif mutation == "replace":
+        frames[2] = data.draw(st.binary(max_size=80))
+    elif mutation == "drop":
+        frames = frames[:2]
+    else:
+        frames.append(data.draw(st.binary(max_size=16)))
+    decode_or_codec_error(frames)
 
 
 @FUZZ
@@ -373,7 +473,7 @@ def test_fuzz_mutated_valid_messages(index: int, other: int, data: st.DataObject
     value=json_values,
 )
 def test_fuzz_one_field_replaced(index: int, key: str, value: Any) -> None:
-    topic, body = VALID_FRAMES[index]
+    topic, body, *rest = VALID_FRAMES[index]
     doc = json.loads(body)
     doc[key] = value
-    decode_or_codec_error([topic, json.dumps(doc).encode()])
+    decode_or_codec_error([topic, json.dumps(doc).encode(), *rest])
