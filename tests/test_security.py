@@ -1,0 +1,359 @@
+"""CURVE on the agent's endpoints, with real processes and real sockets (docs/security.md).
+
+The agent runs with ``[security]`` keys; the three simulated drivers and a
+monitor hold allowed keys; rogues in this process try every endpoint with a
+key not in the allow-list, and without CURVE at all. Runtime: ~6 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from agent.cli import main as sdl_agent_main
+from agent.demo import find_free_base, start_drivers, stop_drivers
+from protocols import messages as m
+from protocols.codec import encode
+from protocols.security import CurveKeys, load_secret_key
+from protocols.sockets import Endpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMPAIGN = ROOT / "examples" / "agnp.toml"
+TIMEOUT = 60.0
+ROLES = ("pump", "spectrometer", "xrd")
+
+
+def sdl_agent(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())", *args]
+
+
+class Records:
+    """The JSON log records of a process's stderr, read as they come."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self.stream = stream
+        self.lines: list[str] = []
+        self.records: list[dict[str, Any]] = []
+        self._changed = asyncio.Condition()
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while line := await self.stream.readline():
+            text = line.decode(errors="replace")
+            self.lines.append(text)
+            if text.startswith("{"):
+                self.records.append(json.loads(text))
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def wait_for(self, pred: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            return next((r for r in self.records if pred(r)), None)
+
+        try:
+            async with asyncio.timeout(TIMEOUT), self._changed:
+                await self._changed.wait_for(lambda: found() is not None)
+        except TimeoutError:
+            raise AssertionError(f"no {what} in the log:\n{''.join(self.lines)[-3000:]}") from None
+        rec = found()
+        assert rec is not None
+        return rec
+
+
+def _rogue(ctx: zmq.asyncio.Context, kind: int, keys: CurveKeys | None, server: bytes):
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+        sock.setsockopt(zmq.CURVE_SERVERKEY, server)
+    return sock
+
+
+async def _keep_sending(sock: zmq.asyncio.Socket, frames: Callable[[int], list[bytes]]) -> None:
+    """What a rogue would send, as fast as its socket lets it (never blocks)."""
+    n = 0
+    while True:
+        with contextlib.suppress(zmq.Again):
+            await sock.send_multipart(frames(n), flags=zmq.NOBLOCK)
+        n += 1
+        await asyncio.sleep(0.02)
+
+
+def _hello(source: str, seq: int) -> list[bytes]:
+    msg = m.Hello(
+        msg_id=m.new_id(),
+        source=source,
+        seq=seq,
+        ts=time.time(),
+        role="pump",
+        session="rogue",
+        instrument="rogue",
+    )
+    return encode(msg)
+
+
+def _spectrum(seq: int) -> list[bytes]:
+    msg = m.Spectrum(
+        msg_id=m.new_id(),
+        source="spectrometer",
+        seq=seq,
+        ts=time.time(),
+        condition="r01-c01",
+        replicate=10_000 + seq,
+        wl_start=380.0,
+        wl_step=1.0,
+        values=[0.0] * 421,
+    )
+    return encode(msg)
+
+
+@pytest.mark.e2e
+async def test_unknown_keys_cannot_publish_or_receive_and_each_attempt_is_logged(tmp_path):
+    keys = tmp_path / "keys"
+    assert sdl_agent_main(["keys", "generate", "--dir", str(keys), "agent", *ROLES]) == 0
+    assert sdl_agent_main(["keys", "generate", "--dir", str(keys), "monitor", "rogue"]) == 0
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    for role in ROLES:
+        (allowed / f"{role}.key").write_bytes((keys / f"{role}.key").read_bytes())
+    agent_keys = load_secret_key(keys / "agent.key_secret")
+    monitor_keys = load_secret_key(keys / "monitor.key_secret")
+    rogue_keys = load_secret_key(keys / "rogue.key_secret")
+    secrets = [agent_keys.secret, monitor_keys.secret]
+    secrets += [load_secret_key(keys / f"{r}.key_secret").secret for r in ROLES]
+
+    base = find_free_base()
+    ep = Endpoints.from_base(base)
+    env = dict(os.environ)
+    # the agent's secret from the environment, its allow-list a directory and a file
+    env["SDL_AGENT_SECURITY__SECRET_KEY"] = agent_keys.secret.decode()
+    agent = await asyncio.create_subprocess_exec(
+        *sdl_agent(
+            "run",
+            str(CAMPAIGN),
+            "--base",
+            base,
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "stop.max_rounds=1",
+            "--set",
+            "campaign.batch_size=3",
+            "--set",
+            "strategy.two_step.dnn_points=1",
+            "--set",
+            "bus.status_interval_s=0.1",
+            "--set",
+            f'security.allowed_keys=["{allowed}", "{keys / "monitor.key"}"]',
+        ),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    # an allowed monitor, its secret from the environment too
+    monitor_env = dict(os.environ, SDL_CURVE_SECRET_KEY=monitor_keys.secret.decode())
+    monitor = await asyncio.create_subprocess_exec(
+        *sdl_agent(
+            "monitor",
+            "--connect",
+            ep.status,
+            "--json",
+            "--until-stopped",
+            "--curve-server-key",
+            str(keys / "agent.key"),
+            "--log-level",
+            "info",
+        ),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=monitor_env,
+    )
+    assert agent.stderr is not None and agent.stdout is not None
+    log = Records(agent.stderr)
+    ctx = zmq.asyncio.Context()
+    rogues: list[zmq.asyncio.Socket] = []
+    senders: list[asyncio.Task[None]] = []
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        bound = await log.wait_for(lambda r: r["event"] == "agent_bound", "agent_bound")
+        assert bound["curve"] and bound["server_key"] == agent_keys.public.decode()
+        # rogues: an unknown key on each endpoint, and clients without CURVE at all
+        dealer = _rogue(ctx, zmq.DEALER, rogue_keys, agent_keys.public)
+        dealer.setsockopt(zmq.IDENTITY, b"pump")  # it even claims to be the pump
+        pub = _rogue(ctx, zmq.PUB, rogue_keys, agent_keys.public)
+        sub = _rogue(ctx, zmq.SUB, rogue_keys, agent_keys.public)
+        plain_dealer = _rogue(ctx, zmq.DEALER, None, b"")
+        plain_dealer.setsockopt(zmq.IDENTITY, b"pump")
+        plain_sub = _rogue(ctx, zmq.SUB, None, b"")
+        rogues = [dealer, pub, sub, plain_dealer, plain_sub]
+        for s in (sub, plain_sub):
+            s.setsockopt(zmq.SUBSCRIBE, b"")
+            s.connect(ep.status)
+        dealer.connect(ep.commands)
+        plain_dealer.connect(ep.commands)
+        pub.connect(ep.events)
+        senders = [
+            asyncio.create_task(_keep_sending(dealer, lambda n: _hello("pump", n))),
+            asyncio.create_task(_keep_sending(plain_dealer, lambda n: _hello("pump", n))),
+            asyncio.create_task(_keep_sending(pub, _spectrum)),
+        ]
+        rogue_key = rogue_keys.public.decode()
+        for stream in ("commands", "events", "status"):
+            denied = await log.wait_for(
+                lambda r, s=stream: r["event"] == "auth_denied" and r["stream"] == s,
+                f"auth_denied on {stream}",
+            )
+            assert denied["client_key"] == rogue_key and denied["reason"] == "Unknown key"
+            assert denied["peer"] == "127.0.0.1" and denied["mechanism"] == "CURVE"
+        for stream in ("commands", "status"):
+            await log.wait_for(
+                lambda r, s=stream: (
+                    r["event"] == "handshake_failed"
+                    and r["stream"] == s
+                    and r["reason"] == "zmtp_mechanism_mismatch"
+                ),
+                f"handshake_failed (no CURVE) on {stream}",
+            )
+
+        # the allowed drivers close the loop over CURVE while the rogues keep trying
+        extra = {
+            r: [
+                "--curve-secret-key",
+                str(keys / f"{r}.key_secret"),
+                "--curve-server-key",
+                str(keys / "agent.key"),
+            ]
+            for r in ROLES
+        }
+        procs = start_drivers(
+            base, time_scale=0.005, seed=0, log_dir=tmp_path / "logs", extra=extra
+        )
+        out = await asyncio.wait_for(agent.stdout.read(), TIMEOUT)
+        await asyncio.wait_for(agent.wait(), TIMEOUT)
+        await asyncio.wait_for(log.task, TIMEOUT)
+        assert agent.returncode == 0, "".join(log.lines)[-3000:]
+        mon_out, mon_err = await asyncio.wait_for(monitor.communicate(), TIMEOUT)
+        assert monitor.returncode == 0, mon_err.decode()[-2000:]
+        # nothing reached the rogue subscribers, with or without a key
+        for s in (sub, plain_sub):
+            assert await s.poll(timeout=0) == 0
+    finally:
+        for t in senders:
+            t.cancel()
+        for s in rogues:
+            s.close(linger=0)
+        ctx.term()
+        for p in (agent, monitor):
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
+        stop_drivers(procs)
+
+    summary = out.decode()
+    assert "conditions 3 complete / 0 failed" in summary, summary
+    assert "messages in, 0 rejected" in summary  # no rogue message was even seen
+    events = [r["event"] for r in log.records]
+    hellos = [r for r in log.records if r["event"] == "driver_hello"]
+    assert sorted(h["source"] for h in hellos) == sorted(ROLES)
+    assert all(h["session"] != "rogue" for h in hellos)
+    # on the bus, nothing was refused: the rogues never got that far
+    assert not [r for r in log.records if r["event"] == "message_rejected" and "stream" in r]
+    assert "sequence_gap" not in events
+    assert events.count("campaign_stopped") >= 1
+    status = [json.loads(line) for line in mon_out.decode().splitlines()]
+    assert status[-1]["kind"] == "campaign_stopped"
+    assert any(s["kind"] == "campaign_status" for s in status)
+
+    # no secret in any log line, output or the journal (env-provided ones included)
+    texts = [b"".join(x.encode() for x in log.lines), out, mon_out, mon_err]
+    texts += [(tmp_path / "logs" / f"{r}.log").read_bytes() for r in ROLES]
+    texts.append((tmp_path / "run" / "journal.sqlite").read_bytes())
+    for secret in secrets:
+        assert not any(secret in t for t in texts)
+    assert rogue_keys.public in texts[0]  # public keys are logged, the refused client's too
+
+
+def test_keys_generate_writes_a_private_secret_and_never_overwrites(tmp_path, capsys):
+    d = tmp_path / "keys"
+    assert sdl_agent_main(["keys", "generate", "--dir", str(d), "agent", "pump"]) == 0
+    for name in ("agent", "pump"):
+        public, secret = d / f"{name}.key", d / f"{name}.key_secret"
+        assert secret.stat().st_mode & 0o777 == 0o600
+        assert public.stat().st_mode & 0o777 == 0o644
+        keys = load_secret_key(secret)
+        assert keys.public.decode() in public.read_text()
+        assert keys.secret.decode() not in public.read_text()
+    assert sorted(p.name for p in d.iterdir()) == [
+        "agent.key",
+        "agent.key_secret",
+        "pump.key",
+        "pump.key_secret",
+    ]  # no temporary left behind
+    before = (d / "pump.key_secret").read_bytes()
+    capsys.readouterr()
+    assert sdl_agent_main(["keys", "generate", "--dir", str(d), "xrd", "pump"]) == 2
+    err = capsys.readouterr().err
+    assert "pump.key" in err and "refusing to overwrite" in err
+    assert (d / "pump.key_secret").read_bytes() == before
+    (d / "pump.key_secret").chmod(0o644)  # a secret others can read is refused
+    with pytest.raises(Exception, match="chmod 600"):
+        load_secret_key(d / "pump.key_secret")
+
+
+@pytest.mark.e2e
+def test_non_loopback_bind_without_keys_refuses_and_insecure_starts_with_a_warning(tmp_path):
+    port = Endpoints.from_base(find_free_base("0.0.0.0")).commands.rsplit(":", 1)[1]
+    base = f"tcp://0.0.0.0:{port}"
+
+    def start(cmd: list[str]) -> subprocess.Popen[str]:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def run(out: str, *more: str) -> list[str]:
+        return sdl_agent("run", str(CAMPAIGN), "--base", base, "--out", str(tmp_path / out), *more)
+
+    # all three at once: each process takes a second or two to import
+    refused = start(run("refused"))
+    driver = start([sys.executable, "-m", "drivers", "pump", "--connect", "tcp://192.0.2.1:5560"])
+    agent = start(run("insecure", "--insecure"))
+    procs = (refused, driver, agent)
+    try:
+        _, err = refused.communicate(timeout=TIMEOUT)
+        assert refused.returncode == 2
+        assert "not on loopback" in err and "--insecure" in err
+        assert not (tmp_path / "refused").exists()  # refused before anything was written
+        _, err = driver.communicate(timeout=TIMEOUT)
+        assert driver.returncode == 2 and "--insecure" in err
+
+        assert agent.stderr is not None
+        seen: list[dict[str, Any]] = []
+        while not any(r["event"] == "agent_bound" for r in seen):
+            line = agent.stderr.readline()  # the test's timeout bounds this
+            assert line, f"the agent ended: {seen}"
+            if line.startswith("{"):
+                seen.append(json.loads(line))
+        warned = [r for r in seen if r["event"] == "insecure_endpoints"]
+        assert warned and warned[0]["level"] == "warning"
+        assert base in warned[0]["endpoints"]
+        assert next(r for r in seen if r["event"] == "agent_bound")["curve"] is False
+        agent.send_signal(signal.SIGTERM)
+        agent.communicate(timeout=TIMEOUT)
+        assert agent.returncode == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
