@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -357,3 +358,47 @@ def test_non_loopback_bind_without_keys_refuses_and_insecure_starts_with_a_warni
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_security_config_reads_keys_and_never_shows_a_secret(tmp_path):
+    from agent.config import CampaignConfig, ConfigError
+    from agent.journal import config_hash, run_meta
+
+    keys = tmp_path / "keys"
+    assert sdl_agent_main(["keys", "generate", "--dir", str(keys), "agent", "pump"]) == 0
+    agent = load_secret_key(keys / "agent.key_secret")
+    plain = CampaignConfig.from_toml(CAMPAIGN, env={})
+    assert plain.server_security() is None  # no [security]: plain text
+
+    env = {"SDL_AGENT_SECURITY__SECRET_KEY": agent.secret.decode()}
+    cfg = CampaignConfig.from_toml(
+        CAMPAIGN, env=env, overrides={"security.allowed_keys": f'"{keys / "pump.key"}"'}
+    )
+    server = cfg.server_security()
+    assert server is not None and server.keys == agent
+    assert server.allowed == {load_secret_key(keys / "pump.key_secret").public}
+    for text in (repr(cfg), str(cfg), cfg.model_dump_json(), repr(server), *run_meta(cfg).values()):
+        assert agent.secret.decode() not in text
+    assert config_hash(cfg, 0) == config_hash(plain, 0)  # keys may change across a resume
+
+    by_file = {"security.secret_key_file": f'"{keys / "agent.key_secret"}"'}
+    refusals = {
+        "secret_key_file or secret_key, not both": (env, by_file),
+        "needs allowed_keys": (env, {}),
+        "needs the agent's secret_key_file": ({}, {"security.allowed_keys": f'"{keys}"'}),
+        "not a CURVE secret key": (
+            {"SDL_AGENT_SECURITY__SECRET_KEY": agent.secret.decode()[:-1]},
+            {"security.allowed_keys": f'"{keys}"'},
+        ),
+        "no such file": ({}, {**by_file, "security.allowed_keys": f'"{tmp_path / "nowhere"}"'}),
+        "holds no *.key": ({}, {**by_file, "security.allowed_keys": f'"{tmp_path}"'}),
+    }
+    for why, (env_, overrides) in refusals.items():
+        with pytest.raises(ConfigError, match=re.escape(why)) as err:
+            CampaignConfig.from_toml(CAMPAIGN, env=env_, overrides=overrides)
+        assert agent.secret.decode()[:20] not in str(err.value)
+    (keys / "agent.key_secret").chmod(0o640)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        CampaignConfig.from_toml(
+            CAMPAIGN, env={}, overrides={**by_file, "security.allowed_keys": f'"{keys}"'}
+        )
