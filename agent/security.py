@@ -10,13 +10,15 @@ Every refused attempt is a structlog record, throttled so that a peer
 reconnecting every 100 ms does not flood the log (the first at once, then at
 most one per ``repeat_s`` per peer with the count in between):
 
-- ``auth_denied``: the handshake reached ZAP and the key is not allowed
-  (``stream``, ``peer`` address, ``client_key`` in Z85: a public key);
-- ``handshake_failed``: the handshake failed before ZAP (a client without
-  CURVE: ``zmtp_mechanism_mismatch``; a client with the wrong server key:
-  ``zmtp_cryptographic``; a peer that hung up mid-handshake, as a refused
-  client does: ``broken off (EPIPE)``), from a socket monitor on each bound
-  socket. The monitor knows the socket, not the peer's address.
+- ``auth_denied`` with ``stage="zap"``: the handshake reached ZAP and the
+  key is not allowed (``stream``, ``peer`` address, ``mechanism``,
+  ``client_key`` in Z85: a public key, ``reason``);
+- ``auth_denied`` with ``stage="handshake"``: the agent refused the handshake
+  before ZAP (a client without CURVE: ``zmtp_mechanism_mismatch``; a client
+  with the wrong server key: ``zmtp_cryptographic``), from a socket monitor on
+  each bound socket. The monitor knows the socket, not the peer's address;
+- ``handshake_failed``: a peer hung up mid-handshake (``broken off (EPIPE)``),
+  as a client refused by ZAP does; not a refusal by the agent.
 
 See docs/security.md.
 """
@@ -93,14 +95,19 @@ class ServerSecurity:
                     code = errno.errorcode.get(event["value"], str(event["value"]))
                     reason = f"broken off ({code})"
                 repeats = throttle.due((stream, reason), time.monotonic())
-                if repeats is not None:
-                    log.warning(
-                        "handshake_failed",
-                        stream=stream,
-                        endpoint=_text(event["endpoint"]),
-                        reason=reason,
-                        repeats=repeats,
-                    )
+                if repeats is None:
+                    continue
+                # a protocol failure is the agent refusing the peer; a handshake broken
+                # off is the peer leaving (as a client refused by ZAP does)
+                denied = event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                log.warning(
+                    "auth_denied" if denied else "handshake_failed",
+                    stream=stream,
+                    stage="handshake",
+                    endpoint=_text(event["endpoint"]),
+                    reason=reason,
+                    repeats=repeats,
+                )
         finally:
             sock.disable_monitor()
             monitor.close(linger=0)
@@ -168,6 +175,7 @@ class AllowListAuthenticator(AsyncioAuthenticator):
             log.warning(
                 "auth_denied",
                 stream=stream,
+                stage="zap",
                 peer=peer,
                 mechanism=mechanism,
                 client_key=client_key,

@@ -200,34 +200,40 @@ async def test_unknown_keys_cannot_publish_or_receive_and_each_attempt_is_logged
         plain_dealer = _rogue(ctx, zmq.DEALER, None, b"")
         plain_dealer.setsockopt(zmq.IDENTITY, b"pump")
         plain_sub = _rogue(ctx, zmq.SUB, None, b"")
-        rogues = [dealer, pub, sub, plain_dealer, plain_sub]
+        plain_pub = _rogue(ctx, zmq.PUB, None, b"")
+        rogues = [dealer, pub, sub, plain_dealer, plain_sub, plain_pub]
         for s in (sub, plain_sub):
             s.setsockopt(zmq.SUBSCRIBE, b"")
             s.connect(ep.status)
         dealer.connect(ep.commands)
         plain_dealer.connect(ep.commands)
         pub.connect(ep.events)
+        plain_pub.connect(ep.events)
         senders = [
             asyncio.create_task(_keep_sending(dealer, lambda n: _hello("pump", n))),
             asyncio.create_task(_keep_sending(plain_dealer, lambda n: _hello("pump", n))),
             asyncio.create_task(_keep_sending(pub, _spectrum)),
+            asyncio.create_task(_keep_sending(plain_pub, _spectrum)),
         ]
         rogue_key = rogue_keys.public.decode()
         for stream in ("commands", "events", "status"):
             denied = await log.wait_for(
-                lambda r, s=stream: r["event"] == "auth_denied" and r["stream"] == s,
+                lambda r, s=stream: (
+                    r["event"] == "auth_denied" and r["stream"] == s and r["stage"] == "zap"
+                ),
                 f"auth_denied on {stream}",
             )
             assert denied["client_key"] == rogue_key and denied["reason"] == "Unknown key"
             assert denied["peer"] == "127.0.0.1" and denied["mechanism"] == "CURVE"
-        for stream in ("commands", "status"):
+        for stream in ("commands", "events", "status"):
             await log.wait_for(
                 lambda r, s=stream: (
-                    r["event"] == "handshake_failed"
+                    r["event"] == "auth_denied"
+                    and r["stage"] == "handshake"
                     and r["stream"] == s
                     and r["reason"] == "zmtp_mechanism_mismatch"
                 ),
-                f"handshake_failed (no CURVE) on {stream}",
+                f"auth_denied (no CURVE) on {stream}",
             )
 
         # the allowed drivers close the loop over CURVE while the rogues keep trying
