@@ -169,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="simulated seconds between droplets (default: 0.2).",
     )
+    spec.add_argument(
+        "--max-droplets",
+        type=int,
+        default=100,
+        metavar="N",
+        help="hard limit: an acquire asking for more than N droplets is refused with a reason "
+        "(default: 100).",
+    )
     noise = DropletNoise()
     spec.add_argument(
         "--outlier-rate",
@@ -417,6 +425,7 @@ def _build_spectrometer(args: argparse.Namespace) -> Instrument:
         noise=noise,
         seed=args.seed,
         reactor_wait_s=args.reactor_wait,
+        max_droplets=args.max_droplets,
     )
 
 
