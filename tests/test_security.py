@@ -408,3 +408,36 @@ def test_security_config_reads_keys_and_never_shows_a_secret(tmp_path):
         CampaignConfig.from_toml(
             CAMPAIGN, env={}, overrides={**by_file, "security.allowed_keys": f'"{keys}"'}
         )
+
+
+def test_every_socket_the_agent_drivers_and_monitor_open_gets_the_max_message_size():
+    """An audit of the source: each ``<ctx>.socket(zmq.KIND)`` is wrapped in
+    ``protocols.sockets.configure`` (linger and MAXMSGSIZE). Shadows share the
+    configured socket; the monitor and ZAP sockets are inproc (no size to bound)."""
+    import ast
+
+    opened, unconfigured = [], []
+    for package in ("agent", "drivers", "protocols"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            configured = {
+                id(node.args[0])
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", None)) == "configure"
+                and node.args
+            }
+            for node in ast.walk(tree):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "socket"
+                    and node.args
+                    and ast.unparse(node.args[0]).startswith("zmq.")
+                ):
+                    where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                    opened.append(where)
+                    if id(node) not in configured:
+                        unconfigured.append(where)
+    assert len(opened) >= 8  # agent ROUTER/SUB/PUB, monitor SUB, driver DEALER/XPUB, reactor x2
+    assert not unconfigured, f"sockets without protocols.sockets.configure: {unconfigured}"
