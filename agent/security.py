@@ -13,12 +13,15 @@ most one per ``repeat_s`` per peer with the count in between):
 - ``auth_denied`` with ``stage="zap"``: the handshake reached ZAP and the
   key is not allowed (``stream``, ``peer`` address, ``mechanism``,
   ``client_key`` in Z85: a public key, ``reason``);
-- ``auth_denied`` with ``stage="handshake"``: the agent refused the handshake
-  before ZAP (a client without CURVE: ``zmtp_mechanism_mismatch``; a client
-  with the wrong server key: ``zmtp_cryptographic``), from a socket monitor on
-  each bound socket. The monitor knows the socket, not the peer's address;
-- ``handshake_failed``: a peer hung up mid-handshake (``broken off (EPIPE)``),
-  as a client refused by ZAP does; not a refusal by the agent.
+- ``auth_denied`` with ``stage="handshake"``: the handshake failed before
+  ZAP, from a socket monitor on each bound socket: a client without CURVE
+  (``zmtp_mechanism_mismatch``), a client with the wrong server key
+  (``zmtp_cryptographic``), or a peer that hung up mid-handshake
+  (``broken off by the peer (EPIPE)``). Which side notices a mechanism
+  mismatch first is a race: when the client does, it hangs up and the agent
+  sees only the broken-off handshake (so does a client refused by ZAP, after
+  its ``stage="zap"`` record). The monitor knows the socket, not the peer's
+  address.
 
 See docs/security.md.
 """
@@ -93,21 +96,17 @@ class ServerSecurity:
                 reason = _PROTOCOL_ERRORS.get(event["value"], f"error {event['value']}")
                 if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
                     code = errno.errorcode.get(event["value"], str(event["value"]))
-                    reason = f"broken off ({code})"
+                    reason = f"broken off by the peer ({code})"
                 repeats = throttle.due((stream, reason), time.monotonic())
-                if repeats is None:
-                    continue
-                # a protocol failure is the agent refusing the peer; a handshake broken
-                # off is the peer leaving (as a client refused by ZAP does)
-                denied = event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                log.warning(
-                    "auth_denied" if denied else "handshake_failed",
-                    stream=stream,
-                    stage="handshake",
-                    endpoint=_text(event["endpoint"]),
-                    reason=reason,
-                    repeats=repeats,
-                )
+                if repeats is not None:
+                    log.warning(
+                        "auth_denied",
+                        stream=stream,
+                        stage="handshake",
+                        endpoint=_text(event["endpoint"]),
+                        reason=reason,
+                        repeats=repeats,
+                    )
         finally:
             sock.disable_monitor()
             monitor.close(linger=0)
