@@ -338,16 +338,19 @@ class SecurityConfig(_Section):
     The agent's key pair comes from ``secret_key_file`` (a ``.key_secret``
     file, mode 0600) or ``secret_key`` (the Z85 secret itself, meant for the
     environment: ``SDL_AGENT_SECURITY__SECRET_KEY``); ``allowed_keys`` lists the
-    clients let in: ``.key`` files or directories of them. Relative paths are
-    relative to the campaign file. Neither the section nor a secret is ever
+    clients let in: ``.key`` files or directories of them; ``monitor_keys``
+    the same for clients let in on the status endpoint only (monitors, which
+    then cannot publish measurements or talk on the commands endpoint).
+    Relative paths are relative to the campaign file. Neither the section nor a secret is ever
     logged, journalled or part of the configuration hash.
     """
 
     secret_key_file: Path | None = None
     secret_key: SecretStr | None = None
     allowed_keys: list[Path] = Field(default=[], max_length=1000)
+    monitor_keys: list[Path] = Field(default=[], max_length=1000)
 
-    @field_validator("allowed_keys", mode="before")
+    @field_validator("allowed_keys", "monitor_keys", mode="before")
     @classmethod
     def _one_path(cls, value: Any) -> Any:
         return [value] if isinstance(value, str | Path) else value
@@ -358,8 +361,10 @@ class SecurityConfig(_Section):
             raise ValueError("give secret_key_file or secret_key, not both")
         if self.enabled and not self.allowed_keys:
             raise ValueError("a secret key needs allowed_keys (the clients' public keys)")
-        if self.allowed_keys and not self.enabled:
-            raise ValueError("allowed_keys needs the agent's secret_key_file (or secret_key)")
+        if (self.allowed_keys or self.monitor_keys) and not self.enabled:
+            raise ValueError(
+                "allowed_keys and monitor_keys need the agent's secret_key_file (or secret_key)"
+            )
         return self
 
     @property
@@ -381,7 +386,10 @@ class SecurityConfig(_Section):
         else:
             return None
         allowed = load_allowed_keys(_under(base_dir, p) for p in self.allowed_keys)
-        return ServerSecurity(keys, allowed)
+        monitors: frozenset[bytes] = frozenset()
+        if self.monitor_keys:
+            monitors = load_allowed_keys(_under(base_dir, p) for p in self.monitor_keys)
+        return ServerSecurity(keys, allowed, monitors=monitors)
 
 
 class CampaignConfig(_Section):

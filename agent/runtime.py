@@ -53,7 +53,7 @@ from agent.core.sequence import SequenceTracker
 from agent.core.status import campaign_status, condition_progress, filed_with
 from agent.core.strategies.base import StrategyError
 from agent.journal import Journal, JournalError
-from agent.security import ServerSecurity
+from agent.security import STATUS_STREAM, ServerSecurity
 from protocols import messages as m
 from protocols.codec import DEFAULT_MAX_BYTES, decode, encode
 from protocols.errors import CodecError
@@ -186,7 +186,7 @@ class AgentRuntime:
         self._pub_out = zmq.Socket(shadow=self._pub.underlying)
         self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted driver takes its name back
         self._sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sockets = {"commands": self._router, "events": self._sub, "status": self._pub}
+        sockets = {"commands": self._router, "events": self._sub, STATUS_STREAM: self._pub}
         auth = None
         guards: list[asyncio.Task[None]] = []
         if self.security is not None:  # CURVE servers; ZAP lets in only allowed keys

@@ -43,7 +43,10 @@ from zmq.utils.monitor import recv_monitor_message
 
 from protocols.security import CurveKeys
 
-__all__ = ["ServerSecurity", "Throttle"]
+__all__ = ["STATUS_STREAM", "ServerSecurity", "Throttle"]
+
+#: the ZAP domain of the status endpoint, where monitor keys are let in too
+STATUS_STREAM = "status"
 
 log = structlog.get_logger("sdl_agent.security")
 
@@ -57,11 +60,16 @@ _PROTOCOL_ERRORS = {
 
 @dataclass(frozen=True)
 class ServerSecurity:
-    """The agent's key pair and the public keys it lets in."""
+    """The agent's key pair and the public keys it lets in.
+
+    ``allowed`` keys get in on every endpoint; ``monitors`` only on the status
+    endpoint (a ZAP domain per endpoint, ``STATUS_STREAM`` for status).
+    """
 
     keys: CurveKeys
     allowed: frozenset[bytes] = field(repr=False)
     repeat_s: float = 10.0
+    monitors: frozenset[bytes] = field(default=frozenset(), repr=False)
 
     def secure(self, sock: zmq.Socket, stream: str) -> None:
         """Make ``sock`` a CURVE server whose ZAP domain is ``stream``; before ``bind``."""
@@ -76,7 +84,8 @@ class ServerSecurity:
         """A started ZAP handler for ``ctx`` that lets in only :attr:`allowed`."""
         auth = AllowListAuthenticator(ctx, Throttle(self.repeat_s))
         for stream in streams:
-            auth.configure_curve_callback(stream, credentials_provider=_AllowList(self.allowed))
+            keys = self.allowed | self.monitors if stream == STATUS_STREAM else self.allowed
+            auth.configure_curve_callback(stream, credentials_provider=_AllowList(keys))
         auth.start()
         return auth
 
