@@ -501,6 +501,14 @@ def _validate(args: argparse.Namespace) -> int:
         f"{settings.strategy.name}, grid {settings.grid.n} points"
     )
     print(f"  stop when any of: {cfg.stop.describe()}")
+    server = cfg.server_security()  # public keys and counts only, never a secret
+    if server is None:
+        print("  security: none (plain text; a non-loopback base needs --insecure)")
+    else:
+        print(
+            f"  security: CURVE, agent key {server.keys.public.decode()}, "
+            f"{len(server.allowed)} driver key(s), {len(server.monitors)} monitor key(s)"
+        )
     return 0
 
 

@@ -448,6 +448,16 @@ def test_security_config_reads_keys_and_never_shows_a_secret(tmp_path):
     for text in (repr(cfg), str(cfg), cfg.model_dump_json(), repr(server), *run_meta(cfg).values()):
         assert agent.secret.decode() not in text
     assert config_hash(cfg, 0) == config_hash(plain, 0)  # keys may change across a resume
+    shown = subprocess.run(
+        sdl_agent("validate", str(CAMPAIGN), "--set", f'security.allowed_keys="{keys}"'),
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"security: CURVE, agent key {agent.public.decode()}, 2 driver key(s)" in shown.stdout
+    assert agent.secret.decode() not in shown.stdout + shown.stderr
 
     by_file = {"security.secret_key_file": f'"{keys / "agent.key_secret"}"'}
     refusals = {
