@@ -117,6 +117,7 @@ def _spectrum(seq: int) -> list[bytes]:
         replicate=10_000 + seq,
         wl_start=380.0,
         wl_step=1.0,
+        n_points=421,
         values=[0.0] * 421,
     )
     return encode(msg)
@@ -301,6 +302,8 @@ async def test_unknown_keys_cannot_publish_or_receive_and_each_attempt_is_logged
         # nothing reached the rogue subscribers, with or without a key
         for s in (sub, plain_sub):
             assert await s.poll(timeout=0) == 0
+        # and the rogue senders were still at it when the campaign ended
+        assert not [t.exception() for t in senders if t.done()]
     except TimeoutError:
         denials = [r for r in log.records if r["event"] == "auth_denied"]
         monitor_err = (tmp_path / "monitor.err").read_text()[-2000:]
