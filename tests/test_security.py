@@ -1,8 +1,11 @@
 """CURVE on the agent's endpoints, with real processes and real sockets (docs/security.md).
 
 The agent runs with ``[security]`` keys; the three simulated drivers and a
-monitor hold allowed keys; rogues in this process try every endpoint with a
-key not in the allow-list, and without CURVE at all. Runtime: ~6 s.
+monitor hold allowed keys; rogues in this process try every endpoint without
+CURVE, with a key not in the allow-list, with a monitor's key where only the
+status endpoint lets it in, and with the wrong server key. Every wait is on a
+log record or a process, with a timeout that fails the test. Runtime of the
+file: ~15-25 s (most of it starting processes).
 """
 
 from __future__ import annotations
