@@ -30,6 +30,7 @@ examples:
   sdl-agent driver pump --connect tcp://127.0.0.1:5560
   sdl-agent validate examples/agnp.toml
   sdl-agent schema --out docs/schemas
+  sdl-agent keys generate --dir keys agent pump spectrometer xrd   # CURVE key pairs
 
 environment:
   SDL_AGENT_<SECTION>__<KEY>=value overrides the campaign file
@@ -120,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
         help="SQLite synchronous: normal survives a killed agent, full also a power cut "
         "at ~4 ms per write (default: %(default)s)",
     )
+    run.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --base without [security] keys: plain text that anyone "
+        "who reaches the ports can read and write (docs/security.md)",
+    )
     run.set_defaults(func=_run)
 
     mon = sub.add_parser(
@@ -169,6 +176,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("debug", "info", "warning", "error"),
         help="JSON log lines on stderr, e.g. rejected messages (default: %(default)s)",
     )
+    _curve_client(mon)
     mon.set_defaults(func=_monitor)
 
     export = sub.add_parser(
@@ -248,6 +256,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     schema.set_defaults(func=_schema)
 
+    keys = sub.add_parser(
+        "keys",
+        help="CURVE keys: sdl-agent keys generate --dir DIR NAME...",
+        description="Manage the CURVE keys of the agent, the drivers and monitors "
+        "(docs/security.md).",
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    gen = keys_sub.add_parser(
+        "generate",
+        help="write a key pair per NAME",
+        description="Write DIR/NAME.key (the public key, to hand out) and DIR/NAME.key_secret "
+        "(public and secret key, mode 0600, to keep) for each NAME. Never overwrites a key: "
+        "exit 2 if one of the files exists.",
+    )
+    gen.add_argument("--dir", type=Path, required=True, help="directory to write into")
+    gen.add_argument("names", nargs="+", metavar="NAME", help="e.g. agent pump spectrometer")
+    gen.set_defaults(func=_keys_generate)
+
     sub.add_parser(
         "driver",
         help="start a simulated driver: sdl-agent driver pump|spectrometer|xrd --help",
@@ -270,6 +296,24 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=None, help="seed (default: the file's)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def _curve_client(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--curve-secret-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="this client's CURVE secret key file (NAME.key_secret); or its Z85 text in "
+        "$SDL_CURVE_SECRET_KEY",
+    )
+    p.add_argument(
+        "--curve-server-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the agent's public key file (agent.key); with it the connection is CURVE",
+    )
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:
@@ -302,6 +346,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f'bus.base="{args.base}"')
     cfg = _load(args.campaign, overrides)
     configure_logging(args.log_level)
+    if not _plain_text_allowed(cfg, args.insecure):
+        return 2
     seed = cfg.campaign.seed if args.seed is None else args.seed
     journal = args.journal if args.journal is not None else args.out / "journal.sqlite"
     try:
@@ -323,9 +369,52 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plain_text_allowed(cfg, insecure: bool) -> bool:
+    """The agent's rule for its endpoints: CURVE, loopback, or an explicit --insecure."""
+    import structlog
+
+    from protocols.security import insecure_refusal
+    from protocols.sockets import Endpoints, is_loopback
+
+    endpoints = list(Endpoints.from_base(cfg.bus.base).__dict__.values())
+    refusal = insecure_refusal(endpoints, secured=cfg.security.enabled, insecure=insecure)
+    if refusal is not None:
+        print(f"sdl-agent: {refusal}", file=sys.stderr)
+        return False
+    exposed = [e for e in endpoints if not is_loopback(e)]
+    if exposed and not cfg.security.enabled:
+        structlog.get_logger("sdl_agent").warning(
+            "insecure_endpoints",
+            endpoints=exposed,
+            reason="--insecure: no CURVE; anyone who reaches these ports can read the "
+            "status, send measurements and impersonate a driver",
+        )
+    return True
+
+
+def _keys_generate(args: argparse.Namespace) -> int:
+    from protocols.security import KeyFileError, generate_key_files
+
+    if len(set(args.names)) != len(args.names):
+        print("sdl-agent keys: a NAME is given twice", file=sys.stderr)
+        return 2
+    for name in args.names:
+        try:
+            public, secret = generate_key_files(args.dir, name)
+        except KeyFileError as exc:
+            print(f"sdl-agent keys: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"sdl-agent keys: cannot write into {args.dir}: {exc.strerror}", file=sys.stderr)
+            return 1
+        print(f"wrote {public} (public) and {secret} (secret, mode 0600)")
+    return 0
+
+
 def _monitor(args: argparse.Namespace) -> int:
     from agent.logs import configure_logging
     from agent.monitor import parse_endpoint, watch
+    from protocols.security import CurveClient, KeyFileError
 
     try:
         endpoint = parse_endpoint(args.connect)
@@ -335,6 +424,11 @@ def _monitor(args: argparse.Namespace) -> int:
     if not args.timeout > 0:
         print("sdl-agent monitor: --timeout must be > 0", file=sys.stderr)
         return 2
+    try:
+        curve = CurveClient.from_files(args.curve_secret_key, args.curve_server_key)
+    except KeyFileError as exc:
+        print(f"sdl-agent monitor: {exc}", file=sys.stderr)
+        return 2
     configure_logging(args.log_level)
     return watch(
         endpoint,
@@ -342,6 +436,7 @@ def _monitor(args: argparse.Namespace) -> int:
         as_json=args.json,
         timeout=args.timeout,
         until_stopped=args.until_stopped,
+        curve=curve,
     )
 
 
@@ -406,6 +501,14 @@ def _validate(args: argparse.Namespace) -> int:
         f"{settings.strategy.name}, grid {settings.grid.n} points"
     )
     print(f"  stop when any of: {cfg.stop.describe()}")
+    server = cfg.server_security()  # public keys and counts only, never a secret
+    if server is None:
+        print("  security: none (plain text; a non-loopback base needs --insecure)")
+    else:
+        print(
+            f"  security: CURVE, agent key {server.keys.public.decode()}, "
+            f"{len(server.allowed)} driver key(s), {len(server.monitors)} monitor key(s)"
+        )
     return 0
 
 

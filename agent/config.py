@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent.core.campaign import CampaignSettings
 from agent.core.objective import AgnpLoss
@@ -43,6 +51,8 @@ from agent.core.stopping import (
     WallTime,
 )
 from agent.core.strategies.registry import make_expansion, make_strategy
+from agent.security import ServerSecurity
+from protocols.security import CurveKeys, KeyFileError, load_allowed_keys, load_secret_key
 
 __all__ = ["ENV_PREFIX", "CampaignConfig", "ConfigError"]
 
@@ -323,6 +333,66 @@ class BusConfig(_Section):
     status_interval_s: Annotated[float, Field(ge=0.05, le=3600, allow_inf_nan=False)] = 2.0
 
 
+class SecurityConfig(_Section):
+    """``[security]``: CURVE on every endpoint the agent binds (docs/security.md).
+
+    The agent's key pair comes from ``secret_key_file`` (a ``.key_secret``
+    file, mode 0600) or ``secret_key`` (the Z85 secret itself, meant for the
+    environment: ``SDL_AGENT_SECURITY__SECRET_KEY``); ``allowed_keys`` lists the
+    clients let in: ``.key`` files or directories of them; ``monitor_keys``
+    the same for clients let in on the status endpoint only (monitors, which
+    then cannot publish measurements or talk on the commands endpoint).
+    Relative paths are relative to the campaign file. Neither the section nor a secret is ever
+    logged, journalled or part of the configuration hash.
+    """
+
+    secret_key_file: Path | None = None
+    secret_key: SecretStr | None = None
+    allowed_keys: list[Path] = Field(default=[], max_length=1000)
+    monitor_keys: list[Path] = Field(default=[], max_length=1000)
+
+    @field_validator("allowed_keys", "monitor_keys", mode="before")
+    @classmethod
+    def _one_path(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str | Path) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> SecurityConfig:
+        if self.secret_key_file is not None and self.secret_key is not None:
+            raise ValueError("give secret_key_file or secret_key, not both")
+        if self.enabled and not self.allowed_keys:
+            raise ValueError("a secret key needs allowed_keys (the clients' public keys)")
+        if (self.allowed_keys or self.monitor_keys) and not self.enabled:
+            raise ValueError(
+                "allowed_keys and monitor_keys need the agent's secret_key_file (or secret_key)"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.secret_key_file is not None or self.secret_key is not None
+
+    def build(self, base_dir: Path) -> ServerSecurity | None:
+        """The agent's keys and allow-list, read from their files (None: no CURVE).
+
+        Raises:
+            KeyFileError: a key file is missing, malformed or readable by others.
+        """
+        if self.secret_key is not None:
+            keys = CurveKeys.from_secret(
+                self.secret_key.get_secret_value(), where="security.secret_key"
+            )
+        elif self.secret_key_file is not None:
+            keys = load_secret_key(_under(base_dir, self.secret_key_file))
+        else:
+            return None
+        allowed = load_allowed_keys(_under(base_dir, p) for p in self.allowed_keys)
+        monitors: frozenset[bytes] = frozenset()
+        if self.monitor_keys:
+            monitors = load_allowed_keys(_under(base_dir, p) for p in self.monitor_keys)
+        return ServerSecurity(keys, allowed, monitors=monitors)
+
+
 class CampaignConfig(_Section):
     """The whole campaign file."""
 
@@ -337,6 +407,7 @@ class CampaignConfig(_Section):
     pump: PumpConfig | None = None
     drivers: DriversConfig = DriversConfig()
     bus: BusConfig = BusConfig()
+    security: SecurityConfig = Field(default=SecurityConfig(), exclude=True)
     base_dir: Path = Field(default=Path("."), exclude=True)
 
     @classmethod
@@ -370,9 +441,10 @@ class CampaignConfig(_Section):
         try:
             cfg = cls.model_validate(raw)
             cfg.to_settings()  # cross-section checks: names, target file, strategies
+            cfg.server_security()  # the key files are there and readable
         except ValidationError as exc:
             raise ConfigError(_describe(path, exc)) from None
-        except (ValueError, KeyError, OSError) as exc:
+        except (ValueError, KeyError, OSError, KeyFileError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
         return cfg
 
@@ -394,6 +466,14 @@ class CampaignConfig(_Section):
                 "qlognei); with lhs it could never fire"
             )
         return self
+
+    def server_security(self) -> ServerSecurity | None:
+        """``[security]`` with its keys read (None: not configured, plain text).
+
+        Raises:
+            KeyFileError: see :meth:`SecurityConfig.build`.
+        """
+        return self.security.build(self.base_dir)
 
     def space(self) -> Space:
         channels = None
@@ -482,6 +562,10 @@ def load_target(path: Path, grid: Grid) -> np.ndarray:
             f"the grid needs {wl[0]:g}-{wl[-1]:g} nm"
         )
     return np.interp(wl, data[:, 0], data[:, 1])
+
+
+def _under(base_dir: Path, path: Path) -> Path:
+    return path if path.is_absolute() else base_dir / path
 
 
 def _apply(raw: dict[str, Any], dotted: str, value: Any) -> None:

@@ -44,6 +44,7 @@ from rich.text import Text
 from protocols import messages as m
 from protocols.codec import DEFAULT_MAX_BYTES, decode
 from protocols.errors import CodecError
+from protocols.security import CurveClient
 from protocols.sockets import configure
 
 __all__ = ["MonitorView", "parse_endpoint", "plain_line", "watch"]
@@ -235,6 +236,7 @@ def watch(
     out: TextIO | None = None,
     live: bool | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    curve: CurveClient | None = None,
 ) -> int:
     """Subscribe to ``endpoint`` and show what comes; returns the exit code.
 
@@ -249,6 +251,7 @@ def watch(
         out: where to write (default stdout).
         live: redraw in place (default: when ``out`` is a terminal, without
             ``as_json`` and ``once``).
+        curve: CURVE client keys, for an agent with ``[security]`` (docs/security.md).
     """
     out = out or sys.stdout
     if live is None:
@@ -258,11 +261,13 @@ def watch(
     sub.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_MS)
     sub.setsockopt(zmq.RECONNECT_IVL_MAX, _RECONNECT_MAX_MS)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
+    if curve is not None:
+        curve.apply(sub)
     view = MonitorView(endpoint)
     feed = _Feed(sub, view)
     try:
         sub.connect(endpoint)
-        log.info("monitor_connected", endpoint=endpoint)
+        log.info("monitor_connected", endpoint=endpoint, curve=curve is not None)
         if once:
             return _once(feed, endpoint, as_json, timeout, out)
         if live:

@@ -54,6 +54,7 @@ from agent.core.sequence import SequenceTracker
 from agent.core.status import campaign_status, condition_progress, filed_with
 from agent.core.strategies.base import StrategyError
 from agent.journal import Journal, JournalError
+from agent.security import STATUS_STREAM, ServerSecurity
 from protocols import messages as m
 from protocols.codec import DEFAULT_MAX_BYTES, decode, encode, spectrum_array
 from protocols.errors import CodecError
@@ -109,6 +110,8 @@ class AgentRuntime:
             progress from it).
         status_interval: seconds between ``campaign_status`` snapshots.
         journal: where every step is written before it is acted on (None: nowhere).
+        security: CURVE keys and allow-list; every bound socket is then a CURVE
+            server (None: plain text; see :mod:`agent.security`).
     """
 
     def __init__(
@@ -125,6 +128,7 @@ class AgentRuntime:
         context: zmq.asyncio.Context | None = None,
         journal: Journal | None = None,
         status_interval: float = 2.0,
+        security: ServerSecurity | None = None,
     ) -> None:
         self.campaign = campaign
         self.journal = journal
@@ -136,6 +140,7 @@ class AgentRuntime:
         self.max_bytes = max_bytes
         self.on_status = on_status
         self.status_interval = status_interval
+        self.security = security
         self.counters = Counters()
         self.session = m.new_id()
         self._ctx = context or zmq.asyncio.Context.instance()
@@ -185,6 +190,14 @@ class AgentRuntime:
         self._pub_out = zmq.Socket(shadow=self._pub.underlying)
         self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted driver takes its name back
         self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sockets = {"commands": self._router, "events": self._sub, STATUS_STREAM: self._pub}
+        auth = None
+        guards: list[asyncio.Task[None]] = []
+        if self.security is not None:  # CURVE servers; ZAP lets in only allowed keys
+            auth = self.security.authenticator(self._ctx, sockets)
+            for stream, sock in sockets.items():
+                self.security.secure(sock, stream)
+                guards.append(asyncio.create_task(self.security.watch(sock, stream)))
         loop = asyncio.get_running_loop()
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -194,7 +207,12 @@ class AgentRuntime:
             self._router.bind(self.endpoints.commands)
             self._sub.bind(self.endpoints.events)
             self._pub.bind(self.endpoints.status)
-            log.info("agent_bound", **self.endpoints.__dict__)
+            log.info(
+                "agent_bound",
+                curve=self.security is not None,
+                server_key=self.security.keys.public.decode() if self.security else "",
+                **self.endpoints.__dict__,
+            )
             self.bound.set()
             if self.journal is not None:  # WAL checkpoints in a thread, not in a commit
                 self.journal.start_checkpoints()
@@ -218,9 +236,9 @@ class AgentRuntime:
             stop_wait.cancel()
             done_wait.cancel()
         finally:
-            for t in tasks:
+            for t in [*tasks, *guards]:
                 t.cancel()
-            for t in tasks:
+            for t in [*tasks, *guards]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             if install_signals:
@@ -233,6 +251,8 @@ class AgentRuntime:
             for s in (self._router, self._sub, self._pub):
                 if s is not None:
                     s.close(linger=0)
+            if auth is not None:
+                auth.stop()
             log.info(
                 "agent_closed",
                 received=self.counters.received,

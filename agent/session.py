@@ -127,6 +127,7 @@ async def run_campaign(
             drain_s=drain_s,
             on_status=on_status,
             journal=journal,
+            security=cfg.server_security(),
         )
         t0 = time.perf_counter()
         if campaign.stopped:  # resumed a campaign whose stop rule had fired: nothing to do

@@ -28,6 +28,7 @@ from drivers.runtime import Instrument, RuntimeSettings, run_driver
 from drivers.spectrometer import DropletNoise, Grid, SimulatedSpectrometer, SpectrumModel
 from drivers.world import load_model
 from drivers.xrd import PhaseModel, SimulatedXrd
+from protocols.security import CurveClient, KeyFileError, insecure_refusal
 from protocols.sockets import DEFAULT_BASE, Endpoints
 
 __all__ = ["build_parser", "default_reactor", "load_forward_model", "main"]
@@ -47,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = args.name or args.role
     configure_logging(args.log_level, source=name, role=args.role)
     try:
+        curve = CurveClient.from_files(args.curve_secret_key, args.curve_server_key)
         settings = RuntimeSettings(
             connect=args.connect,
             name=name,
@@ -54,9 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             heartbeat_timeout_s=args.heartbeat_timeout,
             command_timeout_s=args.command_timeout,
             faults=_fault_plan(args),
+            curve=curve,
         )
+        _check_plain_text(args, curve)
         instrument = _BUILDERS[args.role](args)
-    except (ValueError, TypeError, ModelError, OSError) as exc:
+    except (ValueError, TypeError, ModelError, OSError, KeyFileError) as exc:
         log.error("driver_config_invalid", error=str(exc))
         print(f"{parser.prog} {args.role}: error: {exc}", file=sys.stderr)
         return 2
@@ -168,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.2,
         metavar="S",
         help="simulated seconds between droplets (default: 0.2).",
+    )
+    spec.add_argument(
+        "--max-droplets",
+        type=int,
+        default=100,
+        metavar="N",
+        help="hard limit: an acquire asking for more than N droplets is refused with a reason "
+        "(default: 100).",
     )
     noise = DropletNoise()
     spec.add_argument(
@@ -361,6 +373,23 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--fault-file", default=None, metavar="PATH", help="a JSON fault plan (see above)."
     )
     p.add_argument(
+        "--curve-secret-key",
+        metavar="FILE",
+        help="this driver's CURVE secret key file (NAME.key_secret, from sdl-agent keys "
+        "generate); or its Z85 text in $SDL_CURVE_SECRET_KEY. See docs/security.md.",
+    )
+    p.add_argument(
+        "--curve-server-key",
+        metavar="FILE",
+        help="the agent's public key file (agent.key); given, both sockets use CURVE.",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plain text to a non-loopback agent (or a non-loopback --reactor bind); "
+        "refused without it.",
+    )
+    p.add_argument(
         "--log-level",
         choices=LEVELS,
         default="info",
@@ -437,6 +466,25 @@ def _fault_plan(args: argparse.Namespace) -> FaultPlan | None:
     return plan if plan.active else None
 
 
+def _check_plain_text(args: argparse.Namespace, curve: CurveClient | None) -> None:
+    """Refuse plain text off loopback without --insecure (the agent's own rule).
+
+    The reactor stream (simulation only) never has CURVE, so a pump binding it
+    off loopback also needs --insecure.
+    """
+    ep = Endpoints.from_base(args.connect)
+    refusal = insecure_refusal(
+        [ep.commands, ep.events], secured=curve is not None, insecure=args.insecure
+    )
+    reactor = getattr(args, "reactor", None)
+    if refusal is None and args.role == "pump" and reactor and not args.no_reactor:
+        refusal = insecure_refusal([reactor], secured=False, insecure=args.insecure)
+    if refusal is not None:
+        raise ValueError(refusal)
+    if args.insecure and curve is None:
+        log.warning("insecure_endpoints", reason="--insecure: plain text, no CURVE")
+
+
 def _build_pump(args: argparse.Namespace) -> Instrument:
     channels = tuple(args.channel) if args.channel else DEFAULT_CHANNELS
     reactor = None if args.no_reactor else (args.reactor or default_reactor(args.connect))
@@ -475,6 +523,7 @@ def _build_spectrometer(args: argparse.Namespace) -> Instrument:
         noise=noise,
         seed=args.seed,
         reactor_wait_s=args.reactor_wait,
+        max_droplets=args.max_droplets,
     )
 
 

@@ -72,6 +72,7 @@ from protocols.messages import (
     SetpointAck,
     new_id,
 )
+from protocols.security import CurveClient
 from protocols.sockets import DEFAULT_BASE, Endpoints, configure
 
 __all__ = [
@@ -207,6 +208,7 @@ class RuntimeSettings:
         shutdown_linger_ms: linger when closing sockets at shutdown, for the last messages.
         faults: faults to inject into this driver's own traffic (tests only; see
             :mod:`drivers.inject`); None injects nothing.
+        curve: CURVE client keys (own pair, the agent's public key); None: plain text.
     """
 
     connect: str = DEFAULT_BASE
@@ -219,6 +221,7 @@ class RuntimeSettings:
     max_bytes: int = DEFAULT_MAX_BYTES
     shutdown_linger_ms: int = 200
     faults: FaultPlan | None = None
+    curve: CurveClient | None = None
 
     def __post_init__(self) -> None:
         if self.name and not _NAME.match(self.name):
@@ -388,9 +391,13 @@ class DriverRuntime:
             dealer = configure(self._ctx.socket(zmq.DEALER), max_bytes=self.settings.max_bytes)
             dealer.setsockopt(zmq.IDENTITY, self._name.encode("ascii"))
             dealer.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for an agent that is not there
+            if self.settings.curve is not None:
+                self.settings.curve.apply(dealer)
             dealer.connect(endpoints.commands)
             pub = configure(self._ctx.socket(zmq.XPUB), max_bytes=self.settings.max_bytes)
             pub.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscription, repeats too
+            if self.settings.curve is not None:
+                self.settings.curve.apply(pub)
             pub.connect(endpoints.events)
             log.info(
                 "driver_started",
@@ -398,6 +405,7 @@ class DriverRuntime:
                 instrument=self.instrument.instrument,
                 commands=endpoints.commands,
                 events=endpoints.events,
+                curve=self.settings.curve is not None,
             )
             try:
                 await asyncio.wait_for(self.instrument.start(self), _HOOK_TIMEOUT_S)

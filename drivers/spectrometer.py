@@ -197,6 +197,8 @@ class SimulatedSpectrometer:
             first readback (so the hello follows it), then goes on without it.
         seed: seeds every droplet's generator.
         max_pending: acquires queued beyond this are refused.
+        max_droplets: the most droplets one acquire may ask for (``n``); more is
+            refused with a reason, whatever the agent sends (the wire allows 1000).
     """
 
     role: Role = "spectrometer"
@@ -214,12 +216,16 @@ class SimulatedSpectrometer:
         seed: int = 0,
         reactor_wait_s: float = 2.0,
         max_pending: int = 100,
+        max_droplets: int = 100,
     ) -> None:
         if not isinstance(model, SpectrumModel):
             raise TypeError(f"{model!r} has no spectrum(flows, wavelengths) method")
         if min(droplet_interval_s, acquire_timeout_s, time_scale) < 0:
             raise ValueError("durations and time_scale must be >= 0")
+        if max_droplets < 1:
+            raise ValueError(f"max_droplets must be >= 1, got {max_droplets}")
         self.model = model
+        self.max_droplets = max_droplets
         self.watch = ReactorWatch(reactor)
         self.grid = grid or Grid()
         self.wavelengths = self.grid.wavelengths()
@@ -255,6 +261,11 @@ class SimulatedSpectrometer:
         pass
 
     async def on_acquire(self, msg: Acquire) -> Verdict:
+        if msg.n > self.max_droplets:
+            return Verdict.refuse(
+                f"n={msg.n} droplets is above this spectrometer's limit of "
+                f"{self.max_droplets} per acquire"
+            )
         try:
             self._pending.put_nowait(msg)
         except asyncio.QueueFull:

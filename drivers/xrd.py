@@ -56,6 +56,8 @@ class SimulatedXrd:
             first readback (so the hello follows it), then goes on without it.
         seed: seeds the jitter.
         max_in_flight: acquires beyond this many unfinished ones are refused.
+
+    An acquire asks for one label: ``n`` other than 1 is refused with a reason.
     """
 
     role: Role = "xrd"
@@ -110,6 +112,8 @@ class SimulatedXrd:
         pass
 
     async def on_acquire(self, msg: Acquire) -> Verdict:
+        if msg.n != 1:  # one label per acquire: more would be a silent short delivery
+            return Verdict.refuse(f"n={msg.n}: this XRD gives one phase label per acquire (n=1)")
         if self._in_flight >= self.max_in_flight:
             return Verdict.refuse(f"busy: {self._in_flight} labels already in flight")
         assert self._link is not None, "start() was not called"

@@ -174,12 +174,19 @@ async def test_acquire_without_a_stable_condition_reports_a_fault(
     agent: FakeAgent, start_driver: StartDriver, reactor: str
 ) -> None:
     _start(start_driver, agent, "pump", "--reactor", reactor)
-    spec = _start(start_driver, agent, "spectrometer", "--reactor", reactor, "--model", TOY)
+    spec = _start(
+        start_driver, agent, "spectrometer", "--reactor", reactor, "--model", TOY,
+        "--max-droplets", "3",
+    )  # fmt: skip
     xrd = _start(start_driver, agent, "xrd", "--reactor", reactor, "--model", TOY)
-    for name in (b"spectrometer", b"xrd"):
+    for name, n in ((b"spectrometer", 2), (b"xrd", 1)):
         await agent.greet(name)
-        await agent.send(name, Acquire, cmd_id=f"{name.decode()}-1", condition="never", n=2)
+        # past the instrument's own limit: refused with a reason, on the wire
+        await agent.send(name, Acquire, cmd_id=f"{name.decode()}-0", condition="never", n=n + 2)
         ack = await agent.reply(kind="acquire_ack", source=name)
+        assert not ack.accepted and f"n={n + 2}" in ack.reason, ack
+        await agent.send(name, Acquire, cmd_id=f"{name.decode()}-1", condition="never", n=n)
+        ack = await agent.reply(lambda m: m.cmd_id.endswith("-1"), kind="acquire_ack", source=name)
         assert ack.accepted, "accepted first; the fault comes when the wait times out"
     faults = {
         name: await agent.reply(kind="fault", source=name) for name in (b"spectrometer", b"xrd")
@@ -189,3 +196,48 @@ async def test_acquire_without_a_stable_condition_reports_a_fault(
     assert all("never" in f.detail for f in faults.values())
     assert not any(m.kind == "spectrum" for m in agent.events)
     assert await asyncio.gather(spec.terminate(), xrd.terminate()) == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("role", "n", "refused"),
+    [
+        ("spectrometer", 1, False),
+        ("spectrometer", 4, False),
+        ("spectrometer", 5, True),  # above --max-droplets 4
+        ("spectrometer", 1000, True),  # the most the wire allows
+        ("xrd", 2, True),  # n=1 is accepted: the e2e test above  # one label per acquire
+        ("xrd", 1000, True),
+    ],
+)
+async def test_detectors_refuse_acquires_past_their_own_limits(
+    role: str, n: int, refused: bool, toy_world: Any
+) -> None:
+    from drivers.spectrometer import SimulatedSpectrometer
+    from drivers.xrd import SimulatedXrd
+
+    model = toy_world.toy_world()
+    reactor = "tcp://127.0.0.1:9"  # never connected: the verdict comes first
+    instrument = (
+        SimulatedSpectrometer(model, reactor=reactor, max_droplets=4)
+        if role == "spectrometer"
+        else SimulatedXrd(model, reactor=reactor)
+    )
+    verdict = await instrument.on_acquire(Acquire(**_envelope(), cmd_id="a", condition="c", n=n))
+    assert verdict.accepted is not refused
+    if refused:
+        assert f"n={n}" in verdict.reason and role in verdict.reason.lower()
+
+
+def test_max_droplets_must_be_at_least_one(toy_world: Any) -> None:
+    from drivers.spectrometer import SimulatedSpectrometer
+
+    with pytest.raises(ValueError, match="max_droplets"):
+        SimulatedSpectrometer(toy_world.toy_world(), reactor="tcp://127.0.0.1:9", max_droplets=0)
+
+
+def _envelope() -> dict[str, Any]:
+    import time
+
+    from protocols.messages import new_id
+
+    return {"msg_id": new_id(), "source": "agent", "seq": 0, "ts": time.time()}
