@@ -662,9 +662,21 @@ class AgentRuntime:
         return {"round": rec.round if rec else None, "condition": condition}
 
     async def _drain(self) -> None:
-        """Give the safe-state ack and late labels up to ``drain_s`` to arrive."""
+        """Give the safe-state ack and late labels up to ``drain_s`` to arrive.
+
+        The safe state is resent (same id, backoff) until acked: closing the
+        sockets with it unsent or unheard would leave the pump at its last setpoint.
+        """
         with contextlib.suppress(TimeoutError):
-            await self.wait_until(lambda: not self._waiting_for_labels(), self.drain_s)
+            await self.wait_until(
+                lambda: not self._waiting_for_labels() and not self.campaign.awaiting_safe_state(),
+                self.drain_s,
+            )
+        if self.campaign.awaiting_safe_state():
+            log.error(
+                "safe_state_unacked",
+                reason=f"the pump did not acknowledge the safe state within {self.drain_s} s",
+            )
 
     def _waiting_for_labels(self) -> bool:
         role = self.campaign.settings.label_role

@@ -479,6 +479,13 @@ class Campaign:
         """Whether ``role`` said hello and has not gone silent since."""
         return role in self._up
 
+    def awaiting_safe_state(self) -> bool:
+        """Whether a safe-state command to a pump that is up still waits for its ack."""
+        return any(
+            isinstance(p.decision, SendSafeState) and p.role in self._up
+            for p in self._pending.values()
+        )
+
     def is_faulted(self, role: str) -> bool:
         """Whether ``role`` reported a fatal fault and has not said hello from a new session."""
         return role in self._faulted
@@ -958,11 +965,11 @@ class Campaign:
                 out += self._on_driver_down(DriverDown(role, now))
         if self._awaiting_label:
             out += self._check_labels(now)
-        if self.state not in ("running", "paused"):
+        if self.state not in ("running", "paused", "stopped"):
             return out
         for p in list(self._pending.values()):
-            if self.state == "paused" and not isinstance(p.decision, SendSafeState):
-                continue  # while paused only a safe state goes out
+            if self.state != "running" and not isinstance(p.decision, SendSafeState):
+                continue  # while paused or stopped only a safe state goes out
             if now - p.sent_at >= p.interval and p.role in self._up:
                 p.sent_at = now
                 p.interval = min(p.interval * 2, self.settings.resend_max_s)

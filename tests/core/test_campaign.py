@@ -181,6 +181,28 @@ def test_unacked_setpoint_is_resent_with_the_same_id_and_backoff():
     assert retry and retry[0].attempt == 2 and retry[0].cmd_id != first.cmd_id
 
 
+def test_the_final_safe_state_is_resent_until_acked_and_nothing_else_is():
+    c = Campaign(toy_settings(), seed=0)
+    up(c)
+    out = c.stop(0.1, "operator asked")
+    safe = of(out, SendSafeState)
+    assert len(safe) == 1 and c.stopped and c.awaiting_safe_state()
+    resent = []
+    for i in range(2, 60):
+        now = i * 0.05
+        for role in ROLES:
+            c.driver_seen(role, now)
+        got = c.handle(Tick(now))
+        assert not of(got, SendSetpoint) and not of(got, SendAcquire)
+        resent += of(got, SendSafeState)
+    assert resent and all(d.cmd_id == safe[0].cmd_id for d in resent)
+    c.handle(SetpointAcked(safe[0].cmd_id, True, "", 3.1))
+    assert not c.awaiting_safe_state()
+    for role in ROLES:
+        c.driver_seen(role, 9.0)
+    assert not of(c.handle(Tick(9.0)), SendSafeState)
+
+
 def test_refused_setpoint_fails_the_condition_and_moves_on():
     c = Campaign(toy_settings(), seed=0)
     out = up(c)
