@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import subprocess
 import sys
@@ -29,14 +30,16 @@ ROLES = ("pump", "spectrometer", "xrd")
 BUNDLED = Path(__file__).resolve().parent.parent / "examples" / "agnp.toml"
 
 
-def find_free_base(host: str = "127.0.0.1", span: int = 4, tries: int = 50) -> str:
-    """A ``tcp://host:P`` whose ports P..P+span-1 are free right now."""
+def find_free_base(host: str = "127.0.0.1", span: int = 4, tries: int = 200) -> str:
+    """A ``tcp://host:P`` whose ports P..P+span-1 are free right now.
+
+    P is drawn below the kernel's ephemeral range, so the outgoing connections
+    of other processes (which take their local ports from that range) cannot
+    take one of these ports between this check and the agent's bind.
+    """
+    low = _ephemeral_low()
     for _ in range(tries):
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        if port + span > 65535:
-            continue
+        port = random.randrange(max(1024, low - 12_000), low - span)
         socks = []
         try:
             for p in range(port, port + span):
@@ -50,6 +53,15 @@ def find_free_base(host: str = "127.0.0.1", span: int = 4, tries: int = 50) -> s
                 s.close()
         return f"tcp://{host}:{port}"
     raise RuntimeError(f"no {span} consecutive free ports on {host}")
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (32768 if unknown)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return max(int(text.split()[0]), 13_100)
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def start_drivers(

@@ -17,6 +17,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -43,10 +44,17 @@ WAIT_S = 10.0  # longest any single expectation may take before the test fails
 
 
 def free_port() -> int:
-    """A TCP port free on loopback right now (for the reactor stream)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on loopback right now (for the reactor stream), below the
+    ephemeral range so no outgoing connection takes it before the driver binds."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port on loopback in 20000..32000")
 
 
 @dataclass
