@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/campaign_efficiency.py
 	$(BIN)/python bench/journal_cost.py
 	$(BIN)/python bench/spectrum_model.py
+	$(BIN)/python bench/bus_ingest.py
+	$(BIN)/python bench/loop_latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-out
