@@ -10,6 +10,7 @@ import pytest
 
 from agent.core.campaign import Campaign, CampaignError, Result, TellError
 from agent.core.events import (
+    AcquireAcked,
     Announce,
     DriverDown,
     DriverFault,
@@ -528,3 +529,33 @@ def test_a_proposal_nobody_asked_for_is_ignored():
     out = c.handle(ProposalReady(batch, notes, 0.0))
     assert [d.event for d in out if isinstance(d, Note)] == ["proposal_ignored"]
     assert c.round == 0 and not c.conditions
+
+
+def test_finished_conditions_drop_their_replicates_and_keep_their_outcome():
+    """Memory: a finished condition keeps its median spectrum, not every droplet's;
+    at any step at most the active condition and the one just finished hold replicates."""
+    held: list[int] = []
+
+    class Lab(ToyLab):
+        def record(self, event, decisions, **kw) -> None:
+            held.append(sum(r.replicates is not None for r in self.c.conditions.values()))
+
+    lab = Lab(Campaign(toy_settings(rounds=4, batch_size=4), seed=0), noise=0.02, seed=3)
+    lab.run()
+    done = [r for r in lab.c.conditions.values() if r.state == "complete"]
+    assert len(done) == 16 and max(held) <= 2
+    lab.c.handle(Tick(lab.now + 0.01))  # the next event releases the last one
+    assert all(r.replicates is None for r in done)
+    assert all(r.median_spectrum is not None and r.n_used >= 1 for r in done)
+    assert lab.c.observations.spectra.shape == (16, 5)  # what the strategies read is kept
+
+
+def test_an_acquire_refusal_still_names_its_condition_without_an_owner_map():
+    c = Campaign(toy_settings(), seed=0)
+    out = up(c)
+    sp = of(out, SendSetpoint)[0]
+    c.handle(SetpointAcked(sp.cmd_id, True, "", 0.1))
+    acq = of(c.handle(FlowStable(sp.cmd_id, sp.condition, 0.2)), SendAcquire)[0]
+    note = c.handle(AcquireAcked(acq.cmd_id, False, "busy", 0.3))[0]
+    assert note.event == "acquire_refused" and note.fields["condition"] == sp.condition
+    assert not hasattr(c, "_acquire_owner")  # no map keyed by command id that only grows
