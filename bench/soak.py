@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from results import write_section  # noqa: E402
 
+from agent import memtrace  # noqa: E402
 from agent.config import CampaignConfig  # noqa: E402
 from agent.core.campaign import Campaign  # noqa: E402
 from agent.core.events import ProposalReady  # noqa: E402
@@ -92,16 +93,25 @@ def sample(pid: int) -> tuple[float, int]:
     return rss_kb / 1024.0, len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def soak(minutes: float, time_scale: float, sample_s: float, workdir: Path) -> dict[str, Any]:
-    """Start the agent and the drivers, sample them for ``minutes``, SIGTERM the agent."""
+def soak(
+    minutes: float, time_scale: float, sample_s: float, workdir: Path, trace_s: float = 0.0
+) -> dict[str, Any]:
+    """Start the agent and the drivers, sample them for ``minutes``, SIGTERM the agent.
+
+    ``trace_s`` > 0: the agent runs under ``tracemalloc`` and writes a heap
+    snapshot every ``trace_s`` seconds into ``workdir/trace`` (agent/memtrace.py)."""
     base = find_free_base()
     out = workdir / "run"
     sets = [x for k, v in SETTINGS.items() for x in ("--set", f"{k}={v}")]
+    env = dict(os.environ)
+    if trace_s > 0:
+        env |= {memtrace.ENV: str(workdir / "trace"), f"{memtrace.ENV}_EVERY_S": str(trace_s)}
     with (workdir / "agent.log").open("wb") as err:
         agent = subprocess.Popen(
             sdl_agent("run", str(CAMPAIGN), "--base", base, "--out", str(out), *sets),
             stdout=subprocess.DEVNULL,
             stderr=err,
+            env=env,
         )
     drivers = start_drivers(
         base,
@@ -368,6 +378,15 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
     ap.add_argument("--keep", type=Path, help="keep the run's files here (journal, logs)")
     ap.add_argument(
+        "--trace",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="leak hunt: run the agent under tracemalloc, a heap snapshot every S seconds; "
+        "prints the sites that grew between the second and the last (implies --no-write: "
+        "tracing distorts RSS and pace)",
+    )
+    ap.add_argument(
         "--analyse",
         type=Path,
         metavar="DIR",
@@ -389,7 +408,10 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
             workdir = args.keep or Path(tmp)
             workdir.mkdir(parents=True, exist_ok=True)
-            run = soak(args.minutes, args.time_scale, args.sample_s, workdir)
+            run = soak(args.minutes, args.time_scale, args.sample_s, workdir, args.trace)
+            if args.trace > 0:
+                args.no_write = True
+                _print_trace(workdir / "trace", run["samples"])
             (workdir / "samples.json").write_text(json.dumps(run["samples"]))
             load = (_load(load_before), _load(uptime()))
             meta = {
@@ -406,6 +428,21 @@ def main() -> int:
     if not args.no_write:
         write_section("soak", text)
     return 0 if all(res[n]["flat"] for n in ("agent", "pump", "spectrometer", "xrd")) else 1
+
+
+def _print_trace(trace: Path, samples: list[dict[str, Any]]) -> None:
+    """The allocation sites that grew from the second snapshot to the last (the
+    first is taken during warm-up), by line and by traceback."""
+    snaps = sorted(trace.glob("snap-*.pickle"))
+    if len(snaps) < 3:
+        print(f"tracemalloc: {len(snaps)} snapshots, too few to compare")
+        return
+    print(
+        f"tracemalloc: {snaps[1].name} -> {snaps[-1].name}; {samples[-1]['conditions']} "
+        "conditions in all"
+    )
+    print("by line:\n" + memtrace.compare(snaps[1], snaps[-1], "lineno", 25))
+    print("by traceback:\n" + memtrace.compare(snaps[1], snaps[-1], "traceback", 12))
 
 
 def _load(line: str) -> str:
