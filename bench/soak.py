@@ -16,8 +16,8 @@ warm-up) the least-squares slopes of RSS (kB/min) and of the FD count (FDs/min),
 the RSS growth, and the range of the FD count; the journal's size (with its WAL)
 is sampled too. "Flat" means: the FD count does not change over the second half,
 and the RSS grows by less than 5 MB (or 2 %) over it. The agent keeps the
-campaign's history in memory by design (every condition's record, its used
-spectra, median spectrum and observation row), so its growth is judged after
+campaign's history in memory by design (every condition's record, its median
+spectrum and observation row), so its growth is judged after
 subtracting that expected part: the heap a live core campaign of the same
 settings keeps per condition completed (served in-process by perfect instruments
 under ``tracemalloc``; see :func:`history_bytes_per_condition`), times the
@@ -198,8 +198,8 @@ def history_bytes_per_condition(journal: Path, rounds: int = 20) -> tuple[float,
     Measured on a live core: the same settings served by perfect instruments
     (:class:`agent.core.testing.ToyLab`, a smooth spectrum with noise) for
     ``rounds`` rounds under ``tracemalloc``, the slope of the traced heap over
-    conditions completed; then corrected for the soak's own mean number of used
-    droplets (each kept as a spectrum of ``grid.n`` floats).
+    conditions completed. (Before the replicates of a finished condition were
+    released it was corrected for the soak's mean number of used droplets.)
     """
     cfg = CampaignConfig.from_toml(CAMPAIGN, overrides={k: _toml(v) for k, v in SETTINGS.items()})
     settings = cfg.to_settings()
@@ -237,7 +237,10 @@ def history_bytes_per_condition(journal: Path, rounds: int = 20) -> tuple[float,
     toy_used = sum(r.n_used for r in live) / max(len(live), 1)
     later = marks[len(marks) // 4 :]  # past the first rounds' one-off allocations
     per_condition = _slope(np.array([n for n, _ in later], float), np.array([b for _, b in later]))
-    return per_condition + (soak_used - toy_used) * grid.n * 8, len(soak.conditions)
+    # a finished condition keeps its median spectrum, not its used droplets' (the
+    # number used no longer matters); kept for the record of how it was measured
+    del soak_used, toy_used
+    return per_condition, len(soak.conditions)
 
 
 def _toml(v: object) -> object:
@@ -349,8 +352,8 @@ def report(res: dict[str, Any], args: argparse.Namespace, load: tuple[str, str],
         "",
         "The agent's in-memory history (by design, it keeps every condition): "
         f"{res['history_bytes_per_condition'] / 1024:.1f} kB per condition (a live core "
-        "campaign of the same settings served by `ToyLab` under `tracemalloc`, corrected "
-        "to this run's mean number of used droplets; its journal holds "
+        "campaign of the same settings served by `ToyLab` under `tracemalloc`; its journal "
+        "holds "
         f"{res['restored_conditions']} conditions). By "
         "regression of RSS on conditions completed (second half) the agent grew "
         f"{a.get('rss_per_condition_kb', float('nan')):.1f} kB per condition; the expected "
