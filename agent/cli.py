@@ -35,6 +35,7 @@ examples:
 environment:
   SDL_AGENT_<SECTION>__<KEY>=value overrides the campaign file
   (e.g. SDL_AGENT_STOP__MAX_ROUNDS=5); --set overrides both.
+  SDL_TRACEMALLOC=DIR: heap snapshots of 'run' in DIR (agent/memtrace.py).
 """
 
 
@@ -339,6 +340,7 @@ def _load(path: Path, pairs: list[str]):
 def _run(args: argparse.Namespace) -> int:
     from agent.journal import JournalRefused
     from agent.logs import configure_logging
+    from agent.memtrace import traced
     from agent.session import run_campaign
 
     overrides = list(args.set)
@@ -352,13 +354,15 @@ def _run(args: argparse.Namespace) -> int:
     journal = args.journal if args.journal is not None else args.out / "journal.sqlite"
     try:
         result = asyncio.run(
-            run_campaign(
-                cfg,
-                seed=seed,
-                out_dir=args.out,
-                journal_path=journal,
-                resume=args.resume,
-                synchronous=args.journal_sync,
+            traced(
+                run_campaign(
+                    cfg,
+                    seed=seed,
+                    out_dir=args.out,
+                    journal_path=journal,
+                    resume=args.resume,
+                    synchronous=args.journal_sync,
+                )
             )
         )
     except JournalRefused as exc:

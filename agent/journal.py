@@ -169,15 +169,27 @@ class Journal:
         self._db = conn
         self._seq = self._max_seq()
         #: (seq, commands) when the open group of deferred steps began (None: none open)
-        self._group: tuple[int, set[str]] | None = None
+        self._group: tuple[int, dict[str, str | None]] | None = None
         self.deferred = 0  # steps written into the open group, not yet committed
         #: replicate rows of deferred steps not yet inserted: one ``executemany`` for them all
         self._rows: list[tuple[Any, ...]] = []
         self._checkpointer: _Checkpointer | None = None
-        self._commands: set[str] = {
-            r[0] for r in conn.execute("SELECT cmd_id FROM events WHERE what = 'command'")
+        #: cmd_id -> its condition (None: a safe state), of the journalled commands that
+        #: may be sent again (resent or restored); a finished condition's never are
+        #: (the campaign drops them), so they leave with its outcome and this stays small
+        finished = {
+            r[0]
+            for r in conn.execute(
+                "SELECT condition FROM conditions WHERE status IN ('complete', 'failed')"
+            )
         }
-        self._commands |= {r[0] for r in conn.execute("SELECT cmd_id FROM setpoints")}
+        rows = conn.execute(
+            "SELECT cmd_id, condition FROM events WHERE what = 'command' "
+            "UNION ALL SELECT cmd_id, condition FROM setpoints"
+        )
+        self._commands: dict[str, str | None] = {
+            cmd: cid for cmd, cid in rows if cid not in finished
+        }
         self.meta: dict[str, str] = dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
     # ---------------------------------------------------------------- opening
@@ -569,7 +581,7 @@ class Journal:
 
     def _open_group(self) -> None:
         if self._group is None:
-            self._group = (self._seq, set(self._commands))
+            self._group = (self._seq, dict(self._commands))
             self._db.execute("BEGIN")
 
     def _insert_rows(self) -> None:
@@ -722,7 +734,7 @@ class Journal:
             case SendSetpoint():
                 if d.cmd_id in self._commands:
                     return
-                self._commands.add(d.cmd_id)
+                self._commands[d.cmd_id] = d.condition
                 self._db.execute(
                     "INSERT INTO setpoints VALUES (?, ?, ?, ?, ?, ?)",
                     (d.cmd_id, self._next(), now, d.condition, d.attempt, json.dumps(d.flows)),
@@ -730,7 +742,7 @@ class Journal:
             case SendAcquire() | SendSafeState():
                 if d.cmd_id in self._commands:
                     return
-                self._commands.add(d.cmd_id)
+                self._commands[d.cmd_id] = getattr(d, "condition", None)
                 kind = "acquire" if isinstance(d, SendAcquire) else "safe_state"
                 body = {k: v for k, v in d.__dict__.items() if k not in ("cmd_id", "condition")}
                 cid = getattr(d, "condition", None)
@@ -755,6 +767,8 @@ class Journal:
 
     def _write_outcome(self, campaign: Campaign, cid: str) -> None:
         rec = campaign.conditions[cid]
+        if rec.state in ("complete", "failed"):  # its commands are never sent again
+            self._commands = {k: v for k, v in self._commands.items() if v != cid}
         st = rec.replicates.status() if rec.replicates is not None else None
         spectrum = rec.median_spectrum
         self._db.execute(

@@ -16,8 +16,8 @@ warm-up) the least-squares slopes of RSS (kB/min) and of the FD count (FDs/min),
 the RSS growth, and the range of the FD count; the journal's size (with its WAL)
 is sampled too. "Flat" means: the FD count does not change over the second half,
 and the RSS grows by less than 5 MB (or 2 %) over it. The agent keeps the
-campaign's history in memory by design (every condition's record, its used
-spectra, median spectrum and observation row), so its growth is judged after
+campaign's history in memory by design (every condition's record, its median
+spectrum and observation row), so its growth is judged after
 subtracting that expected part: the heap a live core campaign of the same
 settings keeps per condition completed (served in-process by perfect instruments
 under ``tracemalloc``; see :func:`history_bytes_per_condition`), times the
@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from results import write_section  # noqa: E402
 
+from agent import memtrace  # noqa: E402
 from agent.config import CampaignConfig  # noqa: E402
 from agent.core.campaign import Campaign  # noqa: E402
 from agent.core.events import ProposalReady  # noqa: E402
@@ -92,16 +93,25 @@ def sample(pid: int) -> tuple[float, int]:
     return rss_kb / 1024.0, len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def soak(minutes: float, time_scale: float, sample_s: float, workdir: Path) -> dict[str, Any]:
-    """Start the agent and the drivers, sample them for ``minutes``, SIGTERM the agent."""
+def soak(
+    minutes: float, time_scale: float, sample_s: float, workdir: Path, trace_s: float = 0.0
+) -> dict[str, Any]:
+    """Start the agent and the drivers, sample them for ``minutes``, SIGTERM the agent.
+
+    ``trace_s`` > 0: the agent runs under ``tracemalloc`` and writes a heap
+    snapshot every ``trace_s`` seconds into ``workdir/trace`` (agent/memtrace.py)."""
     base = find_free_base()
     out = workdir / "run"
     sets = [x for k, v in SETTINGS.items() for x in ("--set", f"{k}={v}")]
+    env = dict(os.environ)
+    if trace_s > 0:
+        env |= {memtrace.ENV: str(workdir / "trace"), f"{memtrace.ENV}_EVERY_S": str(trace_s)}
     with (workdir / "agent.log").open("wb") as err:
         agent = subprocess.Popen(
             sdl_agent("run", str(CAMPAIGN), "--base", base, "--out", str(out), *sets),
             stdout=subprocess.DEVNULL,
             stderr=err,
+            env=env,
         )
     drivers = start_drivers(
         base,
@@ -188,8 +198,8 @@ def history_bytes_per_condition(journal: Path, rounds: int = 20) -> tuple[float,
     Measured on a live core: the same settings served by perfect instruments
     (:class:`agent.core.testing.ToyLab`, a smooth spectrum with noise) for
     ``rounds`` rounds under ``tracemalloc``, the slope of the traced heap over
-    conditions completed; then corrected for the soak's own mean number of used
-    droplets (each kept as a spectrum of ``grid.n`` floats).
+    conditions completed. (Before the replicates of a finished condition were
+    released it was corrected for the soak's mean number of used droplets.)
     """
     cfg = CampaignConfig.from_toml(CAMPAIGN, overrides={k: _toml(v) for k, v in SETTINGS.items()})
     settings = cfg.to_settings()
@@ -227,7 +237,10 @@ def history_bytes_per_condition(journal: Path, rounds: int = 20) -> tuple[float,
     toy_used = sum(r.n_used for r in live) / max(len(live), 1)
     later = marks[len(marks) // 4 :]  # past the first rounds' one-off allocations
     per_condition = _slope(np.array([n for n, _ in later], float), np.array([b for _, b in later]))
-    return per_condition + (soak_used - toy_used) * grid.n * 8, len(soak.conditions)
+    # a finished condition keeps its median spectrum, not its used droplets' (the
+    # number used no longer matters); kept for the record of how it was measured
+    del soak_used, toy_used
+    return per_condition, len(soak.conditions)
 
 
 def _toml(v: object) -> object:
@@ -339,8 +352,8 @@ def report(res: dict[str, Any], args: argparse.Namespace, load: tuple[str, str],
         "",
         "The agent's in-memory history (by design, it keeps every condition): "
         f"{res['history_bytes_per_condition'] / 1024:.1f} kB per condition (a live core "
-        "campaign of the same settings served by `ToyLab` under `tracemalloc`, corrected "
-        "to this run's mean number of used droplets; its journal holds "
+        "campaign of the same settings served by `ToyLab` under `tracemalloc`; its journal "
+        "holds "
         f"{res['restored_conditions']} conditions). By "
         "regression of RSS on conditions completed (second half) the agent grew "
         f"{a.get('rss_per_condition_kb', float('nan')):.1f} kB per condition; the expected "
@@ -368,6 +381,15 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
     ap.add_argument("--keep", type=Path, help="keep the run's files here (journal, logs)")
     ap.add_argument(
+        "--trace",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="leak hunt: run the agent under tracemalloc, a heap snapshot every S seconds; "
+        "prints the sites that grew between the second and the last (implies --no-write: "
+        "tracing distorts RSS and pace)",
+    )
+    ap.add_argument(
         "--analyse",
         type=Path,
         metavar="DIR",
@@ -389,7 +411,10 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
             workdir = args.keep or Path(tmp)
             workdir.mkdir(parents=True, exist_ok=True)
-            run = soak(args.minutes, args.time_scale, args.sample_s, workdir)
+            run = soak(args.minutes, args.time_scale, args.sample_s, workdir, args.trace)
+            if args.trace > 0:
+                args.no_write = True
+                _print_trace(workdir / "trace", run["samples"])
             (workdir / "samples.json").write_text(json.dumps(run["samples"]))
             load = (_load(load_before), _load(uptime()))
             meta = {
@@ -406,6 +431,21 @@ def main() -> int:
     if not args.no_write:
         write_section("soak", text)
     return 0 if all(res[n]["flat"] for n in ("agent", "pump", "spectrometer", "xrd")) else 1
+
+
+def _print_trace(trace: Path, samples: list[dict[str, Any]]) -> None:
+    """The allocation sites that grew from the second snapshot to the last (the
+    first is taken during warm-up), by line and by traceback."""
+    snaps = sorted(trace.glob("snap-*.pickle"))
+    if len(snaps) < 3:
+        print(f"tracemalloc: {len(snaps)} snapshots, too few to compare")
+        return
+    print(
+        f"tracemalloc: {snaps[1].name} -> {snaps[-1].name}; {samples[-1]['conditions']} "
+        "conditions in all"
+    )
+    print("by line:\n" + memtrace.compare(snaps[1], snaps[-1], "lineno", 25))
+    print("by traceback:\n" + memtrace.compare(snaps[1], snaps[-1], "traceback", 12))
 
 
 def _load(line: str) -> str:

@@ -239,7 +239,9 @@ class Campaign:
         self._queue: list[str] = []
         self._active: str | None = None
         self._pending: dict[str, _Pending] = {}
-        self._acquire_owner: dict[str, str] = {}
+        #: finished conditions whose replicates the step that finished them still
+        #: reads (journal, progress view); released when the next event comes in
+        self._finished: list[ConditionRecord] = []
         self._up: dict[str, float] = {}
         self._started_at: float | None = None
         self._proposing = False
@@ -451,7 +453,14 @@ class Campaign:
         return out
 
     def handle(self, event: Event) -> list[Decision]:
-        """Feed one event; returns the decisions to carry out, in order."""
+        """Feed one event; returns the decisions to carry out, in order.
+
+        A condition finished by the previous event drops its replicates now (its
+        outcome is on the record): the campaign keeps per finished condition only
+        what the strategies and reports read (recipe, median loss and spectrum,
+        counts, labels), so its memory grows by about one median spectrum a condition.
+        """
+        self._release_finished()
         match event:
             case Tick(now=now):
                 return self._on_tick(now)
@@ -796,7 +805,6 @@ class Campaign:
     def _acquire(self, rec: ConditionRecord, role: str, n: int, now: float) -> SendAcquire:
         cmd_id = f"{rec.cmd_id}.{role}.{rec.n_commands}"
         rec.n_commands += 1
-        self._acquire_owner[cmd_id] = rec.condition
         if role == self.settings.spectrometer_role:
             rec.n_requested += n
             rec.droplets_since = now
@@ -862,6 +870,8 @@ class Campaign:
 
     def _condition_done(self, rec: ConditionRecord, now: float) -> list[Decision]:
         self._active = None
+        if rec.replicates is not None:
+            self._finished.append(rec)
         out: list[Decision] = []
         ids = self._round_ids[rec.round - 1]
         recs = [self.conditions[c] for c in ids]
@@ -1145,7 +1155,7 @@ class Campaign:
             self._droplets_alive(p, ev.now)
         if p is None or ev.accepted:
             return []
-        cid = self._acquire_owner.get(ev.cmd_id, "")
+        cid = getattr(p.decision, "condition", "")
         return [
             Note(
                 "acquire_refused",
@@ -1250,6 +1260,15 @@ class Campaign:
             }
             out.append(Note("phase_unlabelled", fields, "warning"))
         return out
+
+    def _release_finished(self) -> None:
+        """Drop the replicates (every used droplet's spectrum) of the conditions
+        finished by the previous event: the outcome is on the record and the
+        droplets are in the journal. A restored campaign has none either."""
+        for rec in self._finished:
+            if rec.state in ("complete", "failed"):
+                rec.replicates = None
+        self._finished.clear()
 
     def _drop_pending(self, condition: str) -> None:
         for cmd_id, p in list(self._pending.items()):

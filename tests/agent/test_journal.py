@@ -613,3 +613,23 @@ def test_an_open_group_reads_whole_and_a_failed_write_drops_its_batched_rows(tmp
             j.flush()
         assert j.deferred == 0
         assert j.count("events") == 0
+
+
+def test_the_journal_keeps_only_the_commands_that_may_be_sent_again(tmp_path):
+    """Memory: resends are not journalled twice, but a finished condition's commands
+    are never sent again, so the journal forgets them (also when it is reopened)."""
+    sizes: list[int] = []
+    path = tmp_path / "j.sqlite"
+    with new_journal(path) as j:
+        lab = JournalledLab(
+            Campaign(toy_settings(rounds=4, batch_size=4), seed=7),
+            j,
+            on_step=lambda lab, d: sizes.append(len(lab.j._commands)),
+        )
+        lab.run()
+        n_commands = j.count("setpoints") + len(
+            j._db.execute("SELECT 1 FROM events WHERE what = 'command'").fetchall()
+        )
+    assert n_commands > 40 and max(sizes) <= 6  # one condition's commands and a safe state
+    with Journal.open(path) as j:
+        assert len(j._commands) <= 1  # the stop's safe state only

@@ -451,9 +451,16 @@ class LossyLab(ToyLab):
 
     def __init__(self, c: Campaign) -> None:
         super().__init__(c, idle_tick=0.25)
+        self.final: dict = {}  # condition -> its replicates' status as it completed
 
     def delivered(self, condition: str, replicate: int) -> bool:
         return replicate not in (1, 2)
+
+    def record(self, event, decisions, **kw) -> None:
+        super().record(event, decisions, **kw)
+        for cid, rec in self.c.conditions.items():  # a finished one drops its replicates next
+            if rec.state == "complete" and rec.replicates is not None:
+                self.final.setdefault(cid, rec.replicates.status())
 
 
 def test_lost_droplets_are_asked_for_again_keeping_the_replicates_in_and_no_stall():
@@ -472,7 +479,7 @@ def test_lost_droplets_are_asked_for_again_keeping_the_replicates_in_and_no_stal
         assert 1.0 < d.fields["waited_s"] < 10.0
     for rec in c.conditions.values():
         assert rec.state == "complete" and rec.attempt == 1 and rec.timeouts == 0
-        status = rec.replicates.status()
+        status = lab.final[rec.condition]
         kept = set(status.used) | {k for k, _, _ in status.outliers}
         assert 0 in kept and not kept & {1, 2}  # the first droplet was kept, none lost came
         assert status.n_received >= 3
@@ -617,3 +624,33 @@ def test_a_proposal_nobody_asked_for_is_ignored():
     out = c.handle(ProposalReady(batch, notes, 0.0))
     assert [d.event for d in out if isinstance(d, Note)] == ["proposal_ignored"]
     assert c.round == 0 and not c.conditions
+
+
+def test_finished_conditions_drop_their_replicates_and_keep_their_outcome():
+    """Memory: a finished condition keeps its median spectrum, not every droplet's;
+    at any step at most the active condition and the one just finished hold replicates."""
+    held: list[int] = []
+
+    class Lab(ToyLab):
+        def record(self, event, decisions, **kw) -> None:
+            held.append(sum(r.replicates is not None for r in self.c.conditions.values()))
+
+    lab = Lab(Campaign(toy_settings(rounds=4, batch_size=4), seed=0), noise=0.02, seed=3)
+    lab.run()
+    done = [r for r in lab.c.conditions.values() if r.state == "complete"]
+    assert len(done) == 16 and max(held) <= 2
+    lab.c.handle(Tick(lab.now + 0.01))  # the next event releases the last one
+    assert all(r.replicates is None for r in done)
+    assert all(r.median_spectrum is not None and r.n_used >= 1 for r in done)
+    assert lab.c.observations.spectra.shape == (16, 5)  # what the strategies read is kept
+
+
+def test_an_acquire_refusal_still_names_its_condition_without_an_owner_map():
+    c = Campaign(toy_settings(), seed=0)
+    out = up(c)
+    sp = of(out, SendSetpoint)[0]
+    c.handle(SetpointAcked(sp.cmd_id, True, "", 0.1))
+    acq = of(c.handle(FlowStable(sp.cmd_id, sp.condition, 0.2)), SendAcquire)[0]
+    note = c.handle(AcquireAcked(acq.cmd_id, False, "busy", 0.3))[0]
+    assert note.event == "acquire_refused" and note.fields["condition"] == sp.condition
+    assert not hasattr(c, "_acquire_owner")  # no map keyed by command id that only grows
