@@ -384,6 +384,11 @@ class AgentRuntime:
             self._act(event, self.campaign.handle(event))
 
     def _to_event(self, msg: m.Message, identity: bytes | None, now: float) -> Event | None:
+        if type(msg) is m.Spectrum:  # the hot kind first (the match tries its cases in order)
+            values = spectrum_array(msg)  # read-only, over the values frame: no copy
+            return SpectrumIn(
+                msg.condition, msg.replicate, values, msg.wl_start, msg.wl_step, now, msg.source
+            )
         match msg:
             case m.Hello():
                 self._identity[msg.role] = msg.source.encode()
