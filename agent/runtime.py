@@ -68,6 +68,7 @@ _DRIVER_KINDS = {"hello", "heartbeat", "setpoint_ack", "acquire_ack", "fault"}
 _MEASUREMENT_KINDS = {"flow_readback", "spectrum", "phase_label", "heartbeat", "fault"}
 #: at most this many queued measurement messages handled before yielding to the loop
 _EVENTS_BATCH = 64
+_NOBLOCK = int(zmq.NOBLOCK)
 #: status events after which a fresh campaign_status goes out at once
 _ROUND_CHANGES = {"proposal", "round_complete", "campaign_stopped"}
 
@@ -277,15 +278,23 @@ class AgentRuntime:
         assert self._sub is not None
         # the same socket without asyncio's futures, for non-blocking receives only
         sub = zmq.Socket(shadow=self._sub.underlying)
+        recv = sub.recv
         while True:
             await self._sub.poll(flags=zmq.POLLIN)
             # what is queued, without an await each (bench/bus_ingest.py: one await per
             # message costs ~30 us); bounded, so timers still run
             for _ in range(_EVENTS_BATCH):
+                # recv_multipart's loop, but a frame's ``more`` instead of a getsockopt
+                # (RCVMORE) per frame; the frames are bytes all the same. The parts of
+                # a message arrive together, so only its first can find none queued.
                 try:
-                    frames = sub.recv_multipart(flags=zmq.NOBLOCK)
+                    part = recv(_NOBLOCK, copy=False)
                 except zmq.Again:
                     break
+                frames = [part.bytes]
+                while part.more:
+                    part = recv(_NOBLOCK, copy=False)
+                    frames.append(part.bytes)
                 self._on_frames(frames, "events", None)
             # the batch's deferred steps in one transaction, before the next await
             self._flush()
@@ -384,6 +393,11 @@ class AgentRuntime:
             self._act(event, self.campaign.handle(event))
 
     def _to_event(self, msg: m.Message, identity: bytes | None, now: float) -> Event | None:
+        if type(msg) is m.Spectrum:  # the hot kind first (the match tries its cases in order)
+            values = spectrum_array(msg)  # read-only, over the values frame: no copy
+            return SpectrumIn(
+                msg.condition, msg.replicate, values, msg.wl_start, msg.wl_step, now, msg.source
+            )
         match msg:
             case m.Hello():
                 self._identity[msg.role] = msg.source.encode()

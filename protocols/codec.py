@@ -81,8 +81,9 @@ def decode(frames: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Me
         raise MalformedFrames(
             f"expected 2 frames (topic, body), or 3 for a spectrum (+ values), got {count}"
         )
-    if not all(isinstance(f, bytes | bytearray | memoryview) for f in frames):
-        raise MalformedFrames("frames must be bytes")
+    for f in frames:  # a tuple, not ``bytes | ...``: that union is a new object each time
+        if not isinstance(f, _FRAME_TYPES):
+            raise MalformedFrames("frames must be bytes")
     topic, body = bytes(frames[0]), bytes(frames[1])
     values = frames[2] if count == 3 else None
     size = len(topic) + len(body) + (0 if values is None else len(values))
@@ -102,6 +103,7 @@ def decode(frames: Sequence[bytes], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Me
 
 
 _VALUES = {"values"}
+_FRAME_TYPES = (bytes, bytearray, memoryview)
 
 
 def _classify(exc: ValidationError, body: bytes) -> CodecError:

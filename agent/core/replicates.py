@@ -531,10 +531,15 @@ class ConditionReplicates:
         self._outlier.append(False)
         self._last_progress = max(self._last_progress, now)
         self._status = None
-        self._judge_outliers()
-
-        used = [x for x, out in zip(self._losses, self._outlier, strict=True) if not out]
-        med = self._median_used = _median(used)
+        med = self._judge_outliers()
+        if self._outlier_reason:
+            used = [x for x, out in zip(self._losses, self._outlier, strict=True) if not out]
+            med = _median(used)
+        else:  # none out (the common case): the used losses are all of them
+            used = self._losses
+            if med is None:
+                med = _median(used)
+        self._median_used = med
         is_outlier = self._outlier[pos]
         if not is_outlier:
             self._history.append(med)
@@ -557,20 +562,28 @@ class ConditionReplicates:
             replicate=r, loss=loss, median_loss=med, n_used=len(used), complete=self._complete
         )
 
-    def _judge_outliers(self) -> None:
-        """Re-judge every valid replicate against the whole set (module docstring)."""
+    def _judge_outliers(self) -> float | None:
+        """Re-judge every valid replicate against the whole set (module docstring).
+
+        Returns the median of all the losses when it was computed (N >= 3), so
+        that :meth:`_record` need not sort them again when none is an outlier.
+        """
         losses = self._losses
         self._outlier_reason.clear()
         if len(losses) < 3:
             self._outlier = [False] * len(losses)
-            return
+            return None
         s = self._settings
         med = _median(losses)
-        dev = [abs(x - med) for x in losses]
+        # per add, over every replicate: C-level maps (x - med, |.|, > limit), the
+        # same float operations as the comprehensions they replace
+        dev = list(map(abs, map(med.__rsub__, losses)))
         mad = max(_median(dev), s.mad_floor)
         limit = s.mad_threshold * _MAD_TO_SD * mad
-        flags = [d > limit for d in dev]
+        flags = list(map(limit.__lt__, dev))
         self._outlier = flags
+        if True not in flags:
+            return med
         for pos, flag in enumerate(flags):
             if flag:
                 self._outlier_reason[pos] = (
@@ -579,6 +592,7 @@ class ConditionReplicates:
                     f"> {s.mad_threshold:g} * 1.4826 * MAD = {limit:.4g} "
                     f"(MAD {mad:.4g}, {len(losses)} replicates)"
                 )
+        return med
 
     def _make_status(self) -> ReplicateStatus:
         pos_used = [p for p, out in enumerate(self._outlier) if not out]

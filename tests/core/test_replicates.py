@@ -402,3 +402,46 @@ def test_spread_by_hand() -> None:
     empty = make().status()
     assert empty.median_spectrum is None and math.isnan(empty.loss_of_median_spectrum)
     assert math.isnan(empty.median_loss) and empty.reason == "pending"
+
+
+def _naive_median(xs: list[float]) -> float:
+    s = sorted(xs)
+    k = len(s) // 2
+    return s[k] if len(s) % 2 else 0.5 * (s[k - 1] + s[k])
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.floats(0.29, 0.31), st.floats(-5.0, 5.0), st.sampled_from([0.3, 0.31, 0.9])),
+        min_size=1,
+        max_size=48,
+    ),
+    st.sampled_from([0.0, 0.005, 0.05]),
+)
+def test_judgement_is_exactly_the_documented_formula(losses: list[float], floor: float) -> None:
+    """Outliers, the used median and its history, float for float, against the module
+    docstring's formulas written out naively (the rule shortcuts the case with no
+    outlier; that shortcut must not change a single bit)."""
+    s_ = ReplicateSettings(min_count=48, max_count=48, settle_tolerance=0.0, mad_floor=floor)
+    reps = make(s_)
+    history: list[float] = []
+    for k, loss in enumerate(losses):
+        v = reps.add(k, spectrum(loss), 380.0, 1.0, now=float(k))
+        seen = losses[: k + 1]
+        out = [False] * len(seen)
+        if len(seen) >= 3:
+            med = _naive_median(seen)
+            dev = [abs(x - med) for x in seen]
+            limit = s_.mad_threshold * 1.4826 * max(_naive_median(dev), floor)
+            out = [d > limit for d in dev]
+        used = [x for x, o in zip(seen, out, strict=True) if not o]
+        st_ = reps.status()
+        assert [o[0] for o in st_.outliers] == [i for i, o in enumerate(out) if o]
+        assert reps.median_loss() == st_.median_loss == _naive_median(used)
+        if out[k]:
+            assert isinstance(v, Rejected) and v.code == "outlier"
+        else:
+            history.append(_naive_median(used))
+            assert isinstance(v, Accepted) and v.median_loss == history[-1]
+        assert st_.median_history == tuple(history)
