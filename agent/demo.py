@@ -15,6 +15,7 @@ import random
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from agent.config import CampaignConfig, ConfigError
@@ -77,22 +78,20 @@ def start_drivers(
     log_dir.mkdir(parents=True, exist_ok=True)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for i, role in enumerate(roles):
-        cmd = [
-            sys.executable,
-            "-m",
-            "drivers",
-            role,
-            "--connect",
-            base,
-            "--time-scale",
-            str(time_scale),
-            "--seed",
-            str(seed + i),
-        ]
-        cmd += (extra or {}).get(role, [])
+        cmd = driver_command(role, base, time_scale, seed + i, (extra or {}).get(role, []))
         with (log_dir / f"{role}.log").open("wb") as err:
             procs[role] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
     return procs
+
+
+def driver_command(
+    role: str, base: str, time_scale: float, seed: int, extra: Sequence[str] = ()
+) -> list[str]:
+    """The command line of one simulated driver process (``python -m drivers ROLE ...``)."""
+    return [
+        sys.executable, "-m", "drivers", role, "--connect", base,
+        "--time-scale", str(time_scale), "--seed", str(seed), *extra,
+    ]  # fmt: skip
 
 
 def stop_drivers(procs: dict[str, subprocess.Popen[bytes]], timeout: float = 5.0) -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.demo import find_free_base
+from agent.demo import driver_command, find_free_base
 from drivers.inject import FaultRates, draw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,22 +83,6 @@ SETTINGS = {
 
 def sdl_agent(*args: str) -> list[str]:
     return [sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())", *args]
-
-
-def driver_cmd(role: str, base: str, seed: int, extra: list[str]) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "drivers",
-        role,
-        "--connect",
-        base,
-        "--time-scale",
-        str(TIME_SCALE),
-        "--seed",
-        str(seed),
-        *extra,
-    ]
 
 
 @pytest.mark.parametrize("faults", [*[(f,) for f in FAULTS], FAULTS], ids=[*FAULTS, "all"])
@@ -276,7 +260,7 @@ async def run_campaign(
             if role == "pump"
             else []
         )
-        cmds[role] = driver_cmd(role, run.base, i, [*more, *extra.get(role, [])])
+        cmds[role] = driver_command(role, run.base, TIME_SCALE, i, [*more, *extra.get(role, [])])
         procs[role] = spawn(cmds[role], logs / f"{role}.log")
 
     async def restart_after_crash(role: str, when: Callable[[dict], bool] | None) -> None:
