@@ -5,6 +5,9 @@ With ``SDL_TRACEMALLOC=DIR`` in its environment, ``sdl-agent run`` starts
 writes a snapshot to ``DIR/snap-NNN.pickle`` every
 ``SDL_TRACEMALLOC_EVERY_S`` seconds (default 60) and once at the end.
 Compare two with :func:`compare`. Off (and free) when the variable is unset.
+
+The snapshots are :mod:`tracemalloc`'s own pickles: loading one runs code, so
+load only snapshots this machine wrote; they never travel on the bus.
 """
 
 from __future__ import annotations
