@@ -35,7 +35,7 @@ examples:
 environment:
   SDL_AGENT_<SECTION>__<KEY>=value overrides the campaign file
   (e.g. SDL_AGENT_STOP__MAX_ROUNDS=5); --set overrides both.
-  SDL_TRACEMALLOC=DIR: heap snapshots of 'run' in DIR (agent/memtrace.py).
+  SDL_TRACEMALLOC=DIR: heap growth reports of 'run' in DIR (agent/memtrace.py).
 """
 
 

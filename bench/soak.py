@@ -386,8 +386,8 @@ def main() -> int:
         default=0.0,
         metavar="S",
         help="leak hunt: run the agent under tracemalloc, a heap snapshot every S seconds; "
-        "prints the sites that grew between the second and the last (implies --no-write: "
-        "tracing distorts RSS and pace)",
+        "prints the sites that grew from the first (S seconds in) to the last (implies "
+        "--no-write: tracing distorts RSS and pace)",
     )
     ap.add_argument(
         "--analyse",
@@ -434,18 +434,14 @@ def main() -> int:
 
 
 def _print_trace(trace: Path, samples: list[dict[str, Any]]) -> None:
-    """The allocation sites that grew from the second snapshot to the last (the
-    first is taken during warm-up), by line and by traceback."""
-    snaps = sorted(trace.glob("snap-*.pickle"))
-    if len(snaps) < 3:
-        print(f"tracemalloc: {len(snaps)} snapshots, too few to compare")
+    """The allocation sites that grew from the agent's first heap snapshot (one
+    period in) to its last, by line and by traceback (agent/memtrace.py)."""
+    reports = sorted(trace.glob("growth-*.txt"))
+    if not reports:
+        print("tracemalloc: no growth report (a run shorter than two --trace periods)")
         return
-    print(
-        f"tracemalloc: {snaps[1].name} -> {snaps[-1].name}; {samples[-1]['conditions']} "
-        "conditions in all"
-    )
-    print("by line:\n" + memtrace.compare(snaps[1], snaps[-1], "lineno", 25))
-    print("by traceback:\n" + memtrace.compare(snaps[1], snaps[-1], "traceback", 12))
+    print(f"tracemalloc: {reports[-1].name}; {samples[-1]['conditions']} conditions in all")
+    print(reports[-1].read_text())
 
 
 def _load(line: str) -> str:
