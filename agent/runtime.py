@@ -33,7 +33,6 @@ from agent.core.events import (
     AcquireAcked,
     Announce,
     Decision,
-    DriverDown,
     DriverFault,
     DriverUp,
     Event,
@@ -343,13 +342,11 @@ class AgentRuntime:
                 msg,
             )
             return
-        restarted = False
         if isinstance(msg, m.Hello) and self._sessions.get(msg.source) != msg.session:
             # a new session numbers from 0 again; a hello of the same session (say,
             # a duplicate) keeps its place in the sequence
             self._seq.reset(f"{msg.source}/commands")
             self._seq.reset(f"{msg.source}/events")
-            restarted = msg.source in self._sessions
             self._sessions[msg.source] = msg.session
         verdict = self._seq.observe(f"{msg.source}/{stream}", msg.seq)
         if not verdict.accepted:
@@ -377,12 +374,6 @@ class AgentRuntime:
             # that reported a fatal fault: only a hello of a new session brings it back.
             if not self.campaign.is_faulted(role):
                 self._greet(identity)
-        if restarted and isinstance(msg, m.Hello) and self.campaign.is_up(msg.role):
-            # a new session within the heartbeat timeout: the driver restarted and lost
-            # what it was doing; the campaign hears it went down before it hears the hello
-            log.warning("driver_restarted", source=msg.source, role=msg.role, session=msg.session)
-            down = DriverDown(msg.role, now)
-            self._act(down, self.campaign.handle(down))
         if msg.source not in self._role_of and not isinstance(msg, m.Hello):
             why = f"{msg.kind!r} from {msg.source!r}, which has not said hello to this agent"
             self._reject(identity, stream, "no_hello", why, msg)

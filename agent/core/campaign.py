@@ -1056,6 +1056,15 @@ class Campaign:
             rec.droplets_since = max(rec.droplets_since, now)
 
     def _on_driver_up(self, ev: DriverUp) -> list[Decision]:
+        known = self._session.get(ev.role)
+        if ev.role in self._up and ev.session and known and known != ev.session:
+            # a new session while still counted up: the driver restarted within the
+            # heartbeat timeout and lost what it was doing; down first, then up
+            note = Note("driver_restarted", {"role": ev.role, "session": ev.session}, "warning")
+            return [note, *self._on_driver_down(DriverDown(ev.role, ev.now)), *self._driver_up(ev)]
+        return self._driver_up(ev)
+
+    def _driver_up(self, ev: DriverUp) -> list[Decision]:
         fields: dict[str, object] = {"role": ev.role, "again": ev.role in self._up}
         fault = self._faulted.get(ev.role)
         if fault is not None:

@@ -203,6 +203,24 @@ def test_the_final_safe_state_is_resent_until_acked_and_nothing_else_is():
     assert not of(c.handle(Tick(9.0)), SendSafeState)
 
 
+def test_a_new_session_while_counted_up_is_a_restart_and_the_same_session_is_not():
+    c = Campaign(toy_settings(), seed=0)
+    start = settle(c, c.start(0.0), 0.0)
+    for role in ROLES:
+        start += settle(c, c.handle(DriverUp(role, 0.0, f"{role}-1")), 0.0)
+    first = of(start, SendSetpoint)[0]
+    c.handle(SetpointAcked(first.cmd_id, True, "", 0.1))
+    again = c.handle(DriverUp("pump", 0.2, "pump-1"))  # a duplicate hello: nothing lost
+    assert not [d for d in again if isinstance(d, Note) and d.event == "driver_restarted"]
+    assert not of(again, SendSetpoint)
+    out = c.handle(DriverUp("pump", 0.3, "pump-2"))  # restarted, at its safe flows
+    events = [d.event for d in out if isinstance(d, Note)]
+    assert events[:2] == ["driver_restarted", "driver_down"] and "driver_up" in events
+    retry = of(out, SendSetpoint)
+    assert retry and retry[0].condition == first.condition and retry[0].cmd_id != first.cmd_id
+    assert c.is_up("pump") and c.state == "running"
+
+
 def test_refused_setpoint_fails_the_condition_and_moves_on():
     c = Campaign(toy_settings(), seed=0)
     out = up(c)
