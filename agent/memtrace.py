@@ -7,7 +7,7 @@ at the end. The first, one period in (so choose a period past the warm-up),
 is the baseline; each later one writes ``DIR/growth-NNN.txt``: the allocation
 sites that grew most since the baseline, by line and by traceback. Plain
 text, compared in the agent's own process: no snapshot is written or loaded
-(tracemalloc's own format is a pickle). Off (and free) when the variable is
+(tracemalloc's own file format would be unsafe to load). Off (and free) when the variable is
 unset.
 """
 
