@@ -7,8 +7,8 @@ at the end. The first, one period in (so choose a period past the warm-up),
 is the baseline; each later one writes ``DIR/growth-NNN.txt``: the allocation
 sites that grew most since the baseline, by line and by traceback. Plain
 text, compared in the agent's own process: no snapshot is written or loaded
-(tracemalloc's own file format would be unsafe to load). Off (and free) when the variable is
-unset.
+(tracemalloc's own file format would be unsafe to load). Off (and free) when
+the variable is unset.
 """
 
 from __future__ import annotations
