@@ -387,7 +387,14 @@ class AgentRuntime:
         if type(msg) is m.Spectrum:  # the hot kind first (the match tries its cases in order)
             values = spectrum_array(msg)  # read-only, over the values frame: no copy
             return SpectrumIn(
-                msg.condition, msg.replicate, values, msg.wl_start, msg.wl_step, now, msg.source
+                msg.condition,
+                msg.replicate,
+                values,
+                msg.wl_start,
+                msg.wl_step,
+                now,
+                msg.source,
+                msg.acquire_id,
             )
         match msg:
             case m.Hello():
@@ -411,7 +418,14 @@ class AgentRuntime:
             case m.Spectrum():
                 values = spectrum_array(msg)  # read-only, over the values frame: no copy
                 return SpectrumIn(
-                    msg.condition, msg.replicate, values, msg.wl_start, msg.wl_step, now, msg.source
+                    msg.condition,
+                    msg.replicate,
+                    values,
+                    msg.wl_start,
+                    msg.wl_step,
+                    now,
+                    msg.source,
+                    msg.acquire_id,
                 )
             case m.PhaseLabel():
                 return PhaseLabelIn(msg.condition, msg.phase, msg.confidence, now, msg.source)
@@ -532,7 +546,11 @@ class AgentRuntime:
                     self._send(
                         d.role,
                         m.Acquire(
-                            cmd_id=d.cmd_id, condition=d.condition, n=d.n, **self._env(d.role)
+                            cmd_id=d.cmd_id,
+                            condition=d.condition,
+                            n=d.n,
+                            first=d.first,
+                            **self._env(d.role),
                         ),
                     )
                     log.info(
@@ -541,6 +559,7 @@ class AgentRuntime:
                         role=d.role,
                         cmd_id=d.cmd_id,
                         n=d.n,
+                        first=d.first,
                     )
                 case SendSafeState():
                     self._send(

@@ -3,7 +3,10 @@
 On ``acquire(condition, n)`` it acknowledges at once, waits until the reactor
 stream shows the pump stable on ``condition`` (else it reports a ``fault``),
 then publishes ``n`` :class:`~protocols.messages.Spectrum` messages, one per
-droplet every ``droplet_interval_s``; replicate indices continue per condition
+droplet every ``droplet_interval_s``, each naming the acquire it answers
+(``acquire_id``). Their replicate indices are the acquire's ``first``,
+``first + 1``, ... when it gives one (the agent numbers the droplets, so a
+restart here does not begin again at 0), else they continue per condition
 across acquires (0, 1, 2, ...). Acquires are served one at a time, in order:
 one flow cell.
 
@@ -49,7 +52,7 @@ import structlog
 from drivers.faults import ModelError
 from drivers.pump import ReactorWatch
 from drivers.runtime import Link, Verdict
-from protocols.messages import Acquire, Role, Spectrum
+from protocols.messages import MAX_REPLICATE, Acquire, Role, Spectrum
 
 __all__ = [
     "DropletNoise",
@@ -266,6 +269,11 @@ class SimulatedSpectrometer:
                 f"n={msg.n} droplets is above this spectrometer's limit of "
                 f"{self.max_droplets} per acquire"
             )
+        if msg.first is not None and msg.first + msg.n - 1 > MAX_REPLICATE:
+            return Verdict.refuse(
+                f"replicates {msg.first}..{msg.first + msg.n - 1} go past the highest "
+                f"index a spectrum may carry, {MAX_REPLICATE}"
+            )
         try:
             self._pending.put_nowait(msg)
         except asyncio.QueueFull:
@@ -290,10 +298,12 @@ class SimulatedSpectrometer:
                 severity="warning",
             )
             return
-        log.info("acquire_started", cmd_id=msg.cmd_id, condition=msg.condition, n=msg.n)
-        for _ in range(msg.n):
+        log.info(
+            "acquire_started", cmd_id=msg.cmd_id, condition=msg.condition, n=msg.n, first=msg.first
+        )
+        for i in range(msg.n):
             await asyncio.sleep(self.droplet_interval_s * self.time_scale)
-            k = self._next_replicate(msg.condition)
+            k = self._next_replicate(msg.condition) if msg.first is None else msg.first + i
             rng = droplet_rng(self.seed, msg.condition, k)
             try:
                 values, kind = await asyncio.to_thread(
@@ -311,6 +321,7 @@ class SimulatedSpectrometer:
                 wl_start=self.grid.start,
                 wl_step=self.grid.step,
                 n_points=self.grid.n_points,
+                acquire_id=msg.cmd_id,
                 values=values,
             )
 

@@ -14,7 +14,7 @@ fields and bounds every field. Each message carries the envelope fields:
 
 Messages hold data only: no behaviour, no live objects, no arrays. A
 spectrum's values are the one binary field: the raw little-endian float64
-bytes that travel in their own frame (schema version 3, ``codec.py``).
+bytes that travel in their own frame (since schema version 3, ``codec.py``).
 
 >>> msg = Heartbeat(msg_id="ab12", source="pump", seq=3, ts=1.0, campaign="c1")
 >>> msg.kind
@@ -42,6 +42,7 @@ from pydantic_core import PydanticCustomError
 __all__ = [
     "COMMAND_KINDS",
     "MAX_CHANNELS",
+    "MAX_REPLICATE",
     "MAX_SPECTRUM_POINTS",
     "MAX_STOP_NUMBERS",
     "MAX_STOP_RULES",
@@ -75,11 +76,12 @@ __all__ = [
     "new_id",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: A spectrum's values on the wire (its third frame): little-endian IEEE 754 float64.
 VALUES_DTYPE = np.dtype("<f8")
 MAX_SPECTRUM_POINTS = 8192
 MAX_CHANNELS = 32
+MAX_REPLICATE = 100_000  # the highest replicate index a spectrum may carry
 MAX_STOP_NUMBERS = 64  # numbers behind a stop reason (campaign_stopped)
 MAX_CONDITIONS_PER_PROPOSAL = 1000
 MAX_STOP_RULES = 64  # closeness entries in a campaign_status
@@ -106,7 +108,7 @@ class _Message(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    v: Literal[3] = SCHEMA_VERSION
+    v: Literal[4] = SCHEMA_VERSION
     msg_id: Id
     source: Name
     seq: Count
@@ -185,12 +187,19 @@ class SetpointAck(_Message):
 
 
 class Acquire(_Message):
-    """Ask an instrument for ``n`` replicate measurements of ``condition``."""
+    """Ask an instrument for ``n`` replicate measurements of ``condition``.
+
+    ``first`` is the replicate index of the first of them (the next ``n - 1``
+    follow it), chosen by the agent so that a restarted instrument does not
+    number its droplets from 0 again; ``None`` (null or absent): the instrument numbers
+    them itself, counting up per condition.
+    """
 
     kind: Literal["acquire"] = "acquire"
     cmd_id: Id
     condition: Id
     n: Annotated[int, Field(ge=1, le=1000)] = 1
+    first: Annotated[int, Field(ge=0, le=MAX_REPLICATE)] | None = None
 
 
 class AcquireAck(_Message):
@@ -227,7 +236,7 @@ def _spectrum_values(value: object, info: ValidationInfo) -> bytes:
         if value is not _NO_VALUES:
             raise PydanticCustomError(
                 "values_in_body",
-                "the values travel in the frame after the body (schema version 3), not in it",
+                "the values travel in the frame after the body (since schema version 3), not in it",
             )
         value = (info.context or {}).get("values")
         if value is None:
@@ -300,6 +309,10 @@ class Spectrum(_Message):
     Give them as numbers or as those bytes; read them with
     :func:`protocols.codec.spectrum_array`. ``model_dump(mode="json")`` shows them
     as a list of numbers.
+
+    ``acquire_id`` is the ``cmd_id`` of the :class:`Acquire` the droplet answers,
+    so that the agent can turn away droplets of an attempt it abandoned; ``""``
+    (absent): not said, the droplet counts for whatever attempt is measuring.
     """
 
     model_config = ConfigDict(
@@ -318,10 +331,11 @@ class Spectrum(_Message):
 
     kind: Literal["spectrum"] = "spectrum"
     condition: Id
-    replicate: Annotated[int, Field(ge=0, le=100_000)]
+    replicate: Annotated[int, Field(ge=0, le=MAX_REPLICATE)]
     wl_start: Annotated[float, Field(gt=0.0, lt=100_000.0)]
     wl_step: Annotated[float, Field(gt=0.0, lt=1000.0)]
     n_points: Annotated[int, Field(ge=2, le=MAX_SPECTRUM_POINTS)]
+    acquire_id: OptName = ""
     values: SpectrumValues = Field(default=_NO_VALUES, validate_default=True)
 
 

@@ -133,6 +133,7 @@ def example_messages() -> dict[str, Message]:
             cmd_id="agnp-demo.r01-c03.a1.spectrometer.0",
             condition="r01-c03",
             n=5,
+            first=0,
             **agent,
         ),
         AcquireAck(
@@ -160,6 +161,7 @@ def example_messages() -> dict[str, Message]:
             wl_start=380.0,
             wl_step=60.0,
             n_points=8,
+            acquire_id="agnp-demo.r01-c03.a1.spectrometer.0",
             values=[0.21, 0.35, 0.52, 0.71, 0.93, 0.64, 0.28, 0.12],
             source="spectrometer",
             **env,

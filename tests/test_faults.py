@@ -158,6 +158,9 @@ async def test_driver_killed_and_restarted_mid_condition_loses_and_repeats_nothi
     assert seen["condition_restarted"] >= 1, seen  # the pump's condition, a new attempt
     # the spectrometer's lost droplets were asked for again, in the same attempt
     assert seen["droplets_missing"] >= 1, seen
+    # the restarted spectrometer numbers its droplets from each acquire's first, not
+    # from 0 again: none of its droplets is a duplicate of one the attempt already had
+    assert not droplets_rejected(run, "duplicate", after=("driver_restarted", "spectrometer"))
 
 
 async def test_heartbeat_loss_pauses_and_the_returning_driver_resumes_the_campaign(tmp_path):
@@ -185,6 +188,19 @@ async def test_heartbeat_loss_pauses_and_the_returning_driver_resumes_the_campai
     seen = run.agent_saw()
     assert seen["driver_restarted"] == 0, seen  # it was down already: a plain hello
     assert seen["droplets_missing"] >= 1, seen
+    assert not droplets_rejected(run, "duplicate", after=("driver_down", "spectrometer"))
+
+
+def droplets_rejected(run: Run, code: str, after: tuple[str, str]) -> list[dict]:
+    """The agent's rejections of droplets (by the replicate rule or the campaign, not
+    on the wire) with ``code`` from its first ``(event, role)`` record on."""
+    records = run.log("agent.log")
+    start = next(i for i, r in enumerate(records) if (r["event"], r.get("role")) == after)
+    return [
+        r
+        for r in records[start:]
+        if r["event"] == "message_rejected" and r["code"] == code and "replicate" in r
+    ]
 
 
 def seed_for(kinds: tuple[str, ...], faults: tuple[str, ...], start: int) -> int:

@@ -2,6 +2,8 @@
 comes back (SIGCONT). The agent and the three simulated drivers are real
 processes on loopback TCP; the test follows the agent's JSON log as it is
 written and the pump's log file, and waits on log lines (each wait bounded).
+A spectrometer frozen for less than the heartbeat timeout delivers the droplets
+of an attempt the agent abandoned meanwhile: they are turned away as stale.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import csv
 import json
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -232,3 +235,109 @@ async def test_a_silent_pump_pauses_the_campaign_and_its_condition_restarts(tmp_
     paused, running = the_pause(records, "pump")
     # the pump cannot hear a safe state while it is silent: none is sent to it
     assert not [r for r in records[paused:running] if r["event"] == "safe_state_sent"]
+
+
+async def test_droplets_a_frozen_spectrometer_delivers_for_an_abandoned_attempt_are_stale(
+    tmp_path,
+):
+    # The spectrometer freezes (SIGSTOP) as r01-c02's first acquire goes out, for less
+    # than the heartbeat timeout: no pause; the replicate rule's stall timeout retries
+    # the condition; once the new attempt is measuring (its acquire sent) the
+    # spectrometer thaws (SIGCONT) and first finishes the old acquire, then serves the
+    # new one. Every droplet of the old acquire that arrives now is stale; the
+    # condition completes with exactly its rule's 5 droplets, all of the new attempt.
+    settings = {
+        **SETTINGS,
+        "drivers.heartbeat_timeout_s": 30.0,  # frozen, but never counted down
+        "replicates.min_count": 5,
+        "replicates.max_count": 5,
+        "replicates.per_acquire": 5,
+        "replicates.settle_window": 1,
+        "replicates.timeout_s": 4.0,  # the stall that abandons the first attempt
+        "replicates.droplet_timeout_s": 60.0,  # no droplet is asked for again
+    }
+    base = find_free_base()
+    sets = [x for k, v in settings.items() for x in ("--set", f"{k}={v}")]
+    agent = await asyncio.create_subprocess_exec(
+        *sdl_agent("run", str(CAMPAIGN), "--base", base, "--out", str(tmp_path), *sets),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    procs = start_drivers(
+        base,
+        time_scale=0.01,
+        seed=0,
+        log_dir=tmp_path / "logs",
+        # droplets 0.2 s apart: an acquire of 5 takes >= 1 s, so it is frozen mid-way
+        extra={"spectrometer": ["--droplet-interval", "20", "--heartbeat-timeout", "30"]},
+    )
+    assert agent.stderr is not None
+    log = AgentLog(agent.stderr)
+    frozen = procs["spectrometer"]
+
+    def acquire_of(attempt: int) -> Callable[[Record], bool]:
+        prefix = f"safe.r01-c02.a{attempt}.spectrometer."
+        return lambda r: r.get("event") == "acquire_sent" and r["cmd_id"].startswith(prefix)
+
+    try:
+        at = await log.wait_for(acquire_of(1), "the first attempt's acquire")
+        os.kill(frozen.pid, signal.SIGSTOP)
+        old = log.records[at]["cmd_id"]
+        retry = await log.wait_for(event("condition_retry", condition="r01-c02"), "a retry", at)
+        new = await log.wait_for(acquire_of(2), "the new attempt's acquire", retry)
+        assert frozen.poll() is None  # stopped, not dead
+        os.kill(frozen.pid, signal.SIGCONT)
+        await log.wait_for(event("condition_complete", condition="r01-c02"), "r01-c02", new)
+        await log.wait_for(event("campaign_stopped"), "the end", new)
+        await log.closed()
+        code = await asyncio.wait_for(agent.wait(), TIMEOUT)
+    finally:
+        (tmp_path / "agent.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log.records))
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(frozen.pid, signal.SIGCONT)
+        if agent.returncode is None:
+            agent.kill()
+            await agent.wait()
+        stop_drivers(procs)
+    assert code == 0
+    records = log.records
+    assert log.records[new]["first"] == 0  # a new attempt numbers its droplets from 0
+    assert not [r for r in records if r["event"] in ("campaign_paused", "condition_restarted")]
+    assert [r["condition"] for r in records if r["event"] == "condition_retry"] == ["r01-c02"]
+
+    stale = [
+        r for r in records if r["event"] == "message_rejected" and r["code"] == "stale_attempt"
+    ]
+    assert stale, "no droplet of the abandoned attempt came after the retry"
+    for r in stale:  # each names the old acquire, and says why
+        assert (r["condition"], r["acquire_id"]) == ("r01-c02", old), r
+        assert old in r["reason"] and "attempt 2" in r["reason"], r
+    assert all(records.index(r) > new for r in stale)  # while the new attempt measured
+
+    rows = list(csv.DictReader((tmp_path / "conditions.csv").read_text().splitlines()))
+    assert {r["condition"]: r["status"] for r in rows} == dict.fromkeys(
+        ("r01-c01", "r01-c02", "r01-c03"), "complete"
+    )
+    db = sqlite3.connect(tmp_path / "journal.sqlite")
+    try:
+        # in the attempt that completed r01-c02, up to its completion: exactly its 5
+        # valid droplets, each index once
+        valid = db.execute(
+            "SELECT r.replicate FROM replicates r JOIN conditions c USING (condition) "
+            "WHERE r.condition = 'r01-c02' AND r.seq <= c.done_seq AND r.attempt = c.attempt "
+            "AND (r.verdict = 'accepted' OR r.code = 'outlier')"
+        ).fetchall()
+        attempt = db.execute("SELECT attempt FROM conditions WHERE condition = 'r01-c02'")
+        before = db.execute(  # the old acquire's droplets filed before the retry
+            "SELECT count(*) FROM replicates WHERE condition = 'r01-c02' AND attempt = 1"
+        ).fetchone()[0]
+        journalled = db.execute(
+            "SELECT count(*) FROM replicates WHERE code = 'stale_attempt' AND attempt = 2"
+        ).fetchone()[0]
+        assert attempt.fetchone()[0] == 2
+    finally:
+        db.close()
+    assert sorted(k for (k,) in valid) == [0, 1, 2, 3, 4]
+    assert journalled == len(stale)
+    # every droplet of the old acquire (5) came: before the retry, or after it as stale
+    assert before + len(stale) == 5, (before, len(stale))

@@ -26,6 +26,14 @@ it pauses while the pump is still listening (another required driver is down,
 or the pump itself reported a fatal fault); the condition it was running then
 starts a new attempt when the campaign resumes.
 
+Attempts: each attempt of a condition (a new setpoint ``cmd_id``) gets a fresh
+replicate rule, and its spectrometer acquires number their droplets from 0
+(``first``, counting up across the attempt's acquires), so indices are unique
+within what the rule sees even when the spectrometer restarts. A droplet that
+names an acquire (``acquire_id``) not of the measuring attempt belongs to an
+abandoned one and is turned away (``stale_attempt``); one that names none
+counts for the measuring attempt.
+
 >>> from agent.core.testing import toy_settings
 >>> campaign = Campaign(toy_settings(), seed=0)
 >>> batch = campaign.ask()
@@ -188,6 +196,7 @@ class ConditionRecord:
     timeouts: int = 0  # attempts that stalled (the retry budget counts these)
     n_requested: int = 0  # droplets asked of the spectrometer in this attempt
     n_commands: int = 0  # acquire commands sent in this attempt
+    next_replicate: int = 0  # index of the next droplet asked of the spectrometer, this attempt
     droplets_since: float = 0.0  # last spectrometer acquire sent or acked, or droplet in
     unlabelled: bool = False  # complete, and no label came within the label timeout
 
@@ -239,6 +248,9 @@ class Campaign:
         self._queue: list[str] = []
         self._active: str | None = None
         self._pending: dict[str, _Pending] = {}
+        #: cmd_ids of the spectrometer acquires of the measuring attempt (of the
+        #: active condition): a droplet naming another is of an abandoned attempt
+        self._attempt_acquires: set[str] = set()
         #: finished conditions whose replicates the step that finished them still
         #: reads (journal, progress view); released when the next event comes in
         self._finished: list[ConditionRecord] = []
@@ -791,7 +803,8 @@ class Campaign:
         rec.cmd_id = f"{self.settings.campaign_id}.{rec.condition}.a{rec.attempt}"
         self._last_setpoint = rec.cmd_id
         rec.replicates = None
-        rec.n_requested = rec.n_commands = 0
+        rec.n_requested = rec.n_commands = rec.next_replicate = 0
+        self._attempt_acquires = set()  # the last attempt's droplets are stale from now
         self._set_state(rec, "setting", now)
         d = SendSetpoint(rec.cmd_id, rec.condition, dict(rec.flows), rec.attempt)
         return [self._command(d, self.settings.pump_role, now)]
@@ -805,10 +818,15 @@ class Campaign:
     def _acquire(self, rec: ConditionRecord, role: str, n: int, now: float) -> SendAcquire:
         cmd_id = f"{rec.cmd_id}.{role}.{rec.n_commands}"
         rec.n_commands += 1
+        first = None
         if role == self.settings.spectrometer_role:
             rec.n_requested += n
             rec.droplets_since = now
-        d = SendAcquire(cmd_id, role, rec.condition, n, rec.attempt)
+            if rec.next_replicate + n - 1 <= _MAX_REPLICATE:  # else the instrument numbers
+                first = rec.next_replicate
+            rec.next_replicate += n
+            self._attempt_acquires.add(cmd_id)
+        d = SendAcquire(cmd_id, role, rec.condition, n, rec.attempt, first)
         self._command(d, role, now)
         return d
 
@@ -870,6 +888,7 @@ class Campaign:
 
     def _condition_done(self, rec: ConditionRecord, now: float) -> list[Decision]:
         self._active = None
+        self._attempt_acquires = set()
         if rec.replicates is not None:
             self._finished.append(rec)
         out: list[Decision] = []
@@ -1199,6 +1218,8 @@ class Campaign:
         if rec is None or rec.state != "measuring" or rec.replicates is None:
             why = "unknown condition" if rec is None else f"condition is {rec.state}, not measuring"
             return [_reject("spectrum", ev.condition, ev.replicate, "not_active", why)]
+        if ev.acquire_id and ev.acquire_id not in self._attempt_acquires:
+            return [_stale(rec, ev)]
         if self._pump_safe:  # droplets past the safe state are not of this recipe
             why = f"{self._pump_safe}; this attempt starts again when the campaign resumes"
             return [_reject("spectrum", ev.condition, ev.replicate, "pump_safe", why)]
@@ -1303,6 +1324,8 @@ _TRANSITIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The highest replicate index a spectrum may carry (protocols.messages.MAX_REPLICATE).
+_MAX_REPLICATE = 100_000
 # Bounds of the campaign_stopped status message (protocols.messages.CampaignStopped).
 _MAX_NAME = 64
 _MAX_TEXT = 2000
@@ -1340,6 +1363,23 @@ def _reject(kind: str, condition: str, replicate: int, code: str, why: str) -> N
         {"kind": kind, "condition": condition, "replicate": replicate, "code": code, "reason": why},
         "warning",
     )
+
+
+def _stale(rec: ConditionRecord, ev: SpectrumIn) -> Note:
+    """The rejection of a droplet that answers an acquire not of ``rec``'s measuring attempt."""
+    why = (
+        f"droplet of acquire {ev.acquire_id}, not an acquire of attempt {rec.attempt} "
+        f"(setpoint {rec.cmd_id}): an abandoned attempt's droplets do not count for this one"
+    )
+    fields: dict[str, object] = {
+        "kind": "spectrum",
+        "condition": ev.condition,
+        "replicate": ev.replicate,
+        "code": "stale_attempt",
+        "reason": why,
+        "acquire_id": ev.acquire_id,
+    }
+    return Note("message_rejected", fields, "warning")
 
 
 def _expansion_fields(ch: Any, round_no: int) -> dict[str, object]:

@@ -101,7 +101,8 @@ class FlowStable:
 
 @dataclass(frozen=True)
 class SpectrumIn:
-    """One replicate spectrum arrived."""
+    """One replicate spectrum arrived; ``acquire_id`` is the ``cmd_id`` of the
+    acquire it answers ("" when the instrument did not say)."""
 
     condition: str
     replicate: int
@@ -110,6 +111,7 @@ class SpectrumIn:
     wl_step: float
     now: float
     source: str = "spectrometer"
+    acquire_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -166,11 +168,15 @@ class SendSetpoint:
 
 @dataclass(frozen=True)
 class SendAcquire:
+    """Send (or resend, same ``cmd_id``) an acquire; ``first`` is the replicate
+    index of its first droplet (None: the instrument numbers them, e.g. a label)."""
+
     cmd_id: str
     role: str
     condition: str
     n: int
     attempt: int
+    first: int | None = None
 
 
 @dataclass(frozen=True)

@@ -228,14 +228,22 @@ class ToyLab:
                 queue += self.feed(FlowStable(d.cmd_id, d.condition, self.now))
             elif isinstance(d, SendAcquire) and d.role == "spectrometer":
                 queue += self.feed(AcquireAcked(d.cmd_id, True, "", self.now))
-                for _ in range(d.n):
-                    k = self.replicate_k.get(d.condition, 0)
+                for i in range(d.n):  # numbered from the acquire's first, as a driver does
+                    k = self.replicate_k.get(d.condition, 0) if d.first is None else d.first + i
                     self.replicate_k[d.condition] = k + 1
                     values = self.spectrum(d.condition)
                     if not self.delivered(d.condition, k):
                         continue
                     queue += self.feed(
-                        SpectrumIn(d.condition, k, values, grid.start, grid.step, self.now)
+                        SpectrumIn(
+                            d.condition,
+                            k,
+                            values,
+                            grid.start,
+                            grid.step,
+                            self.now,
+                            acquire_id=d.cmd_id,
+                        )
                     )
             elif isinstance(d, SendAcquire):
                 queue += self.feed(AcquireAcked(d.cmd_id, True, "", self.now))

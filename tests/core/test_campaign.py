@@ -28,7 +28,7 @@ from agent.core.events import (
     SpectrumIn,
     Tick,
 )
-from agent.core.history import RoundProposed, SetpointSent
+from agent.core.history import RoundProposed, SetpointAnswered, SetpointSent
 from agent.core.replicates import ReplicateSettings
 from agent.core.stopping import AllOf, AnyOf, MaxRounds, StopReason, WallTime
 from agent.core.testing import SilentDriverLab, ToyLab, toy_settings, toy_spectrum
@@ -661,6 +661,7 @@ def test_finished_conditions_drop_their_replicates_and_keep_their_outcome():
     assert all(r.replicates is None for r in done)
     assert all(r.median_spectrum is not None and r.n_used >= 1 for r in done)
     assert lab.c.observations.spectra.shape == (16, 5)  # what the strategies read is kept
+    assert not lab.c._attempt_acquires  # the acquires of the last attempt were let go too
 
 
 def test_an_acquire_refusal_still_names_its_condition_without_an_owner_map():
@@ -672,3 +673,129 @@ def test_an_acquire_refusal_still_names_its_condition_without_an_owner_map():
     note = c.handle(AcquireAcked(acq.cmd_id, False, "busy", 0.3))[0]
     assert note.event == "acquire_refused" and note.fields["condition"] == sp.condition
     assert not hasattr(c, "_acquire_owner")  # no map keyed by command id that only grows
+
+
+# --- attempts: droplets of an abandoned attempt, replicate numbering ------------------
+
+
+def measure(c: Campaign, sp: SendSetpoint, now: float) -> SendAcquire:
+    """Acknowledge ``sp`` and report the pump stable on it; the spectrometer's acquire."""
+    c.handle(SetpointAcked(sp.cmd_id, True, "", now))
+    out = c.handle(FlowStable(sp.cmd_id, sp.condition, now + 0.1))
+    return next(d for d in of(out, SendAcquire) if d.role == "spectrometer")
+
+
+def abandon_by_retry(c: Campaign, now: float) -> list:
+    """The replicate rule's stall timeout (10 s) fires: the condition is retried."""
+    for role in ROLES:
+        c.driver_seen(role, now + 11.0)
+    return c.handle(Tick(now + 11.0))
+
+
+def abandon_by_pause(c: Campaign, now: float) -> list:
+    """The spectrometer goes silent: pause, the pump to its safe state; it comes back
+    (a new session) and the condition starts a new attempt."""
+    c.handle(DriverDown("spectrometer", now))
+    return c.handle(DriverUp("spectrometer", now + 1.0, "s2"))
+
+
+def abandon_by_restart(c: Campaign, now: float) -> list:
+    """The spectrometer restarts within the heartbeat timeout (a new session while up)."""
+    c.handle(DriverUp("spectrometer", now, "s1"))
+    return c.handle(DriverUp("spectrometer", now + 1.0, "s2"))
+
+
+def rejected(decisions) -> list[Note]:
+    return notes(decisions, "message_rejected")
+
+
+@pytest.mark.parametrize(
+    "abandon", [abandon_by_retry, abandon_by_pause, abandon_by_restart], ids=lambda f: f.__name__
+)
+def test_a_droplet_of_an_abandoned_attempt_is_rejected_as_stale_and_not_counted(abandon):
+    c = Campaign(toy_settings(), seed=0)
+    sp = of(up(c), SendSetpoint)[0]
+    cid = sp.condition
+    old = measure(c, sp, 0.1)
+    good = toy_spectrum(c.conditions[cid].recipe)
+
+    def droplet(k: int, acquire_id: str, now: float) -> list:
+        return c.handle(SpectrumIn(cid, k, good, 400.0, 10.0, now, acquire_id=acquire_id))
+
+    assert not droplet(0, old.cmd_id, 0.3)  # in its own attempt: counted
+    again = of(abandon(c, 1.0), SendSetpoint)
+    assert [d.condition for d in again] == [cid] and again[0].attempt == 2
+    # while the new attempt is being set, any droplet is turned away, as before
+    assert [n.fields["code"] for n in rejected(droplet(1, old.cmd_id, 12.1))] == ["not_active"]
+    new = measure(c, again[0], 12.2)
+    assert new.cmd_id != old.cmd_id and new.first == 0
+    # the frozen spectrometer delivers the rest of the old acquire while the new one measures
+    for k in (1, 2, 0):
+        out = droplet(k, old.cmd_id, 12.5)
+        (note,) = rejected(out)
+        assert note.fields["code"] == "stale_attempt" and note.fields["acquire_id"] == old.cmd_id
+        assert old.cmd_id in note.fields["reason"] and "attempt 2" in note.fields["reason"]
+        assert note.level == "warning" and not of(out, SendAcquire)  # no droplet asked for
+    (note,) = rejected(droplet(3, "somebody.else.a9.spectrometer.0", 12.6))
+    assert note.fields["code"] == "stale_attempt"  # not an acquire of this attempt either
+    reps = c.conditions[cid].replicates
+    assert (reps.n_received, reps.n_invalid) == (0, 0)  # none counted, not even as invalid
+    # the new attempt's own droplets count, index 0 again (a fresh rule), and one that
+    # names no acquire (an older driver) counts for the attempt measuring, as before
+    assert not droplet(0, new.cmd_id, 12.7)
+    assert not c.handle(SpectrumIn(cid, 1, good, 400.0, 10.0, 12.8))
+    assert c.conditions[cid].replicates.status().used == (0, 1)
+
+
+def test_spectrometer_acquires_number_the_attempts_droplets_from_first():
+    """``first`` counts every droplet asked for in the attempt (not those that came):
+    droplets lost and asked for again get new indices; a new attempt, a fresh
+    replicate rule, starts at 0 again. A label's acquire carries none."""
+    reps = ReplicateSettings(
+        min_count=3, max_count=6, per_acquire=3, settle_window=1, timeout_s=10.0,
+        droplet_timeout_s=1.0,
+    )  # fmt: skip
+    c = Campaign(toy_settings(replicates=reps), seed=0)
+    sp = of(up(c), SendSetpoint)[0]
+    cid = sp.condition
+    c.handle(SetpointAcked(sp.cmd_id, True, "", 0.1))
+    out = c.handle(FlowStable(sp.cmd_id, cid, 0.2))
+    spec = [d for d in of(out, SendAcquire) if d.role == "spectrometer"]
+    assert [(d.first, d.n) for d in spec] == [(0, 3)]
+    assert [d.first for d in of(out, SendAcquire) if d.role == "xrd"] == [None]
+    c.handle(AcquireAcked(spec[0].cmd_id, True, "", 0.2))
+    good = toy_spectrum(c.conditions[cid].recipe)
+    c.handle(SpectrumIn(cid, 0, good, 400.0, 10.0, 0.3, acquire_id=spec[0].cmd_id))
+    for role in ROLES:  # droplets 1 and 2 were lost on the way
+        c.driver_seen(role, 1.5)
+    out = c.handle(Tick(1.5))
+    asked = [d for d in of(out, SendAcquire) if d.role == "spectrometer"]
+    assert notes(out, "droplets_missing") and len(asked) == 1
+    assert asked[0].first == 3  # after every index asked for, not after the one that came
+    assert asked[0].attempt == 1
+    again = of(abandon_by_retry(c, 1.5), SendSetpoint)
+    assert again[0].attempt == 2
+    assert (measure(c, again[0], 13.0).first, c.conditions[cid].next_replicate) == (0, 3)
+
+
+def test_a_restored_campaign_takes_droplets_of_acquires_from_before_the_restart_as_stale():
+    """The journal holds no acquire: a condition that was measuring when the agent
+    stopped starts a new attempt on restore, which knows only its own acquires."""
+    c = Campaign(toy_settings(), seed=0)
+    sp = of(up(c), SendSetpoint)[0]
+    old = measure(c, sp, 0.1)
+    facts = [_round_fact(c, 1), SetpointSent(sp.condition, sp.cmd_id, 1)]
+    c2 = Campaign.restore(toy_settings(), 0, [*facts, SetpointAnswered(sp.cmd_id, True)])
+    assert not c2._attempt_acquires and c2.conditions[sp.condition].next_replicate == 0
+    out = c2.start(10.0)
+    for role in ROLES:
+        out += c2.handle(DriverUp(role, 10.0, "s1"))
+    again = of(out, SendSetpoint)
+    assert [d.attempt for d in again] == [2]
+    new = measure(c2, again[0], 10.1)
+    assert new.first == 0 and new.cmd_id != old.cmd_id
+    good = toy_spectrum(c2.conditions[sp.condition].recipe)
+    late = SpectrumIn(sp.condition, 1, good, 400.0, 10.0, 10.5, acquire_id=old.cmd_id)
+    assert [n.fields["code"] for n in rejected(c2.handle(late))] == ["stale_attempt"]
+    mine = SpectrumIn(sp.condition, 0, good, 400.0, 10.0, 10.6, acquire_id=new.cmd_id)
+    assert not c2.handle(mine)

@@ -12,7 +12,7 @@ import pytest
 from drivers.faults import ModelError
 from drivers.spectrometer import DropletNoise, Grid, droplet, droplet_rng
 from protocols.codec import spectrum_array
-from protocols.messages import Acquire, Setpoint
+from protocols.messages import MAX_REPLICATE, Acquire, Heartbeat, Setpoint
 
 if TYPE_CHECKING:
     from conftest import DriverProcess, FakeAgent, StartDriver
@@ -123,7 +123,8 @@ async def test_acquire_publishes_n_spectra_per_droplet(
     await agent.send(b"spectrometer", Acquire, cmd_id="a2", condition="c1", n=3)
     spectra += [await agent.event(kind="spectrum") for _ in range(3)]
 
-    assert [s.replicate for s in spectra] == list(range(8))
+    assert [s.replicate for s in spectra] == list(range(8))  # no first: it numbers them
+    assert [s.acquire_id for s in spectra] == ["a1"] * 5 + ["a2"] * 3  # each names its acquire
     for s in spectra:
         assert s.condition == "c1" and s.source == "spectrometer"
         values = spectrum_array(s)
@@ -143,6 +144,36 @@ async def test_acquire_publishes_n_spectra_per_droplet(
     assert (dup.cmd_id, dup.accepted, dup.reason) == (ack.cmd_id, ack.accepted, ack.reason)
     await agent.send(b"spectrometer", Acquire, cmd_id="a3", condition="c1", n=1)
     assert (await agent.event(kind="spectrum")).replicate == 8
+
+
+@pytest.mark.e2e
+async def test_a_restarted_spectrometer_numbers_its_droplets_from_the_acquires_first(
+    agent: FakeAgent, start_driver: StartDriver, reactor: str
+) -> None:
+    _start(start_driver, agent, "pump", "--reactor", reactor)
+    args = ("--reactor", reactor, "--model", TOY)
+    spec = _start(start_driver, agent, "spectrometer", *args)
+    await agent.greet(b"pump")
+    hello = await agent.greet(b"spectrometer")
+    await _set(agent, "s1", "c1", C1)
+    await agent.send(b"spectrometer", Acquire, cmd_id="a1", condition="c1", n=3, first=0)
+    spectra = [await agent.event(kind="spectrum") for _ in range(3)]
+    assert await spec.terminate() == 0
+
+    _start(start_driver, agent, "spectrometer", *args)  # a new process, nothing remembered
+    await agent.reply(  # the new session's hello
+        lambda m: m.session != hello.session, kind="hello", source=b"spectrometer"
+    )
+    await agent.send(b"spectrometer", Heartbeat)
+    await agent.send(b"spectrometer", Acquire, cmd_id="a2", condition="c1", n=2, first=3)
+    spectra += [await agent.event(kind="spectrum") for _ in range(2)]
+    assert [(s.replicate, s.acquire_id) for s in spectra] == [
+        (0, "a1"), (1, "a1"), (2, "a1"), (3, "a2"), (4, "a2"),
+    ]  # fmt: skip
+    # without first it numbers them itself, per condition: from 0 again after its restart
+    await agent.send(b"spectrometer", Acquire, cmd_id="a3", condition="c1", n=1)
+    late = await agent.event(kind="spectrum")
+    assert (late.replicate, late.acquire_id) == (0, "a3")
 
 
 @pytest.mark.e2e
@@ -226,6 +257,23 @@ async def test_detectors_refuse_acquires_past_their_own_limits(
     assert verdict.accepted is not refused
     if refused:
         assert f"n={n}" in verdict.reason and role in verdict.reason.lower()
+
+
+@pytest.mark.parametrize(
+    ("first", "n", "refused"),
+    [(0, 5, False), (MAX_REPLICATE - 4, 5, False), (MAX_REPLICATE - 3, 5, True)],
+)
+async def test_the_spectrometer_refuses_droplets_numbered_past_what_a_spectrum_may_carry(
+    first: int, n: int, refused: bool, toy_world: Any
+) -> None:
+    from drivers.spectrometer import SimulatedSpectrometer
+
+    instrument = SimulatedSpectrometer(toy_world.toy_world(), reactor="tcp://127.0.0.1:9")
+    acquire = Acquire(**_envelope(), cmd_id="a", condition="c", n=n, first=first)
+    verdict = await instrument.on_acquire(acquire)
+    assert verdict.accepted is not refused
+    if refused:
+        assert str(MAX_REPLICATE) in verdict.reason and str(first) in verdict.reason
 
 
 def test_max_droplets_must_be_at_least_one(toy_world: Any) -> None:

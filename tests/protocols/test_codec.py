@@ -76,7 +76,7 @@ def test_encode_gives_topic_and_json_body(kind: str) -> None:
     assert topic == f"{kind}.{msg.source}".encode("ascii")
     data = json.loads(body)
     assert data["kind"] == kind
-    assert data["v"] == SCHEMA_VERSION == 3
+    assert data["v"] == SCHEMA_VERSION == 4
     assert "values" not in data
     assert len(frames) == (3 if kind == "spectrum" else 2)
     assert decode(frames) == msg
@@ -139,27 +139,30 @@ def test_unknown_kind(kind: object) -> None:
     reject(body_of("heartbeat", kind=kind), UnknownKind, "unknown message kind", repr(kind))
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 4, 99, "3", None, 3.5])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 5, 99, "4", None, 4.5])
 def test_wrong_version(version: object) -> None:
     reject(
         body_of("heartbeat", v=version),
         UnsupportedVersion,
         f"schema version {version!r} is not supported",
-        "speaks 3",
+        "speaks 4",
     )
 
 
 def test_wrong_version_wins_over_unknown_kind_and_extra_fields() -> None:
     # a message of another schema may carry kinds and fields this side never heard of
-    reject(body_of("heartbeat", v=4, kind="calibrate"), UnsupportedVersion, "version 4")
+    reject(body_of("heartbeat", v=5, kind="calibrate"), UnsupportedVersion, "version 5")
     reject(body_of("heartbeat", v=1, colour="blue"), UnsupportedVersion, "version 1")
     # a version-2 spectrum: the values in the body, two frames
     v2 = EXAMPLES["spectrum"].model_dump(mode="json") | {"v": 2}
     reject([b"spectrum.spectrometer", json.dumps(v2).encode()], UnsupportedVersion, "version 2")
+    # a version-3 peer: no acquire_id or first yet, and its "v" says so
+    v3 = EXAMPLES["acquire"].model_dump(mode="json", exclude={"first"}) | {"v": 3}
+    reject([b"acquire.agent", json.dumps(v3).encode()], UnsupportedVersion, "version 3")
     data = EXAMPLES["heartbeat"].model_dump(mode="json")
     del data["kind"]
-    data["v"] = 4
-    reject([b"heartbeat.pump", json.dumps(data).encode()], UnsupportedVersion, "version 4")
+    data["v"] = 5
+    reject([b"heartbeat.pump", json.dumps(data).encode()], UnsupportedVersion, "version 5")
 
 
 def test_a_channel_called_v_is_not_the_version() -> None:
