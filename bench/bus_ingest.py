@@ -37,7 +37,9 @@ does), and ``await poll()`` then non-blocking receives until the socket is empty
 way the agent could read). Medians over ``--repeats`` runs (each: the three bare
 loops, the agent with journal, without). The pieces of the path are then timed alone,
 and a last agent run (journal on) under cProfile says where the time per spectrum
-goes. The section goes to bench/RESULTS.md.
+goes. Last, the ceiling: the agent's own path with no socket and no other process
+(:func:`path_cost`), with the journal and without, which bounds what any socket
+work could reach on one core. The section goes to bench/RESULTS.md.
 
     python bench/bus_ingest.py                  # 100 conditions x 48, 5 repeats
     python bench/bus_ingest.py --quick --no-write
@@ -390,6 +392,103 @@ def run_agent(spectrum: np.ndarray, conditions: int, replicates: int, journal: b
         )
 
 
+# ------------------------------------------------------ the path, no sockets
+
+
+async def _path_once(
+    spectrum: np.ndarray, conditions: int, replicates: int, batch: int, journal_dir: Path | None
+) -> float:
+    """Microseconds a spectrum through the agent's own path, no socket and no other
+    process: pre-encoded frames handed to ``AgentRuntime._on_frames`` (decode, sequence,
+    ``Campaign.handle``, the journal's row, the held view) in this thread, ``_flush``
+    every ``batch`` spectra as ``_events`` does at the end of a drained batch. The
+    instruments' answers (ack, readback) go in the same way, outside the clock; the
+    agent's commands are collected instead of sent."""
+    base = "tcp://127.0.0.1:1"  # never bound
+    cfg = bench_config(conditions, replicates, base)
+    campaign = Campaign(cfg.to_settings(), seed=0)
+    journal = None
+    if journal_dir is not None:
+        journal = Journal.create(
+            journal_dir / f"path-{time.monotonic_ns()}.sqlite",
+            campaign_id=cfg.campaign.id,
+            config_hash=config_hash(cfg, 0),
+            seed=0,
+            parameters=[p.name for p in cfg.parameters],
+        )
+    rt = AgentRuntime(campaign, Endpoints.from_base(base), journal=journal)
+    sent: list[m.Message] = []
+    rt._send = lambda role, msg: sent.append(msg)  # type: ignore[method-assign]
+    seqs: dict[tuple[str, str], int] = {}
+
+    def env(source: str, stream: str) -> dict[str, Any]:
+        seq = seqs.get((source, stream), 0)
+        seqs[source, stream] = seq + 1
+        return {"msg_id": m.new_id(), "source": source, "seq": seq, "ts": time.time()}
+
+    def command(source: str, cls: type[m.Message], **fields: Any) -> None:
+        frames = encode(cls(**fields, **env(source, "commands")))
+        rt._on_frames(frames, "commands", source.encode())
+
+    blocks = dict(spectrum_frames(spectrum, conditions, replicates))
+    spent, filed = 0.0, 0
+    try:
+        rt._act(None, campaign.start(rt.clock.now()))
+        command("pump", m.Hello, role="pump", session=m.new_id())
+        command("spectrometer", m.Hello, role="spectrometer", session=m.new_id())
+        while not campaign.stopped:
+            await rt.wait_until(lambda: bool(sent) or campaign.stopped, TIMEOUT)
+            todo, sent[:] = list(sent), []
+            for msg in todo:
+                if isinstance(msg, m.Setpoint):
+                    command("pump", m.SetpointAck, cmd_id=msg.cmd_id, accepted=True)
+                    readback = m.FlowReadback(
+                        cmd_id=msg.cmd_id,
+                        condition=msg.condition,
+                        flows=msg.flows,
+                        stable=True,
+                        **env("pump", "events"),
+                    )
+                    rt._on_frames(encode(readback), "events", None)
+                elif isinstance(msg, m.Acquire):
+                    command("spectrometer", m.AcquireAck, cmd_id=msg.cmd_id, accepted=True)
+                    frames = [  # this run's sequence numbers, encoded before the clock
+                        [f[0], *encode(_renumbered(f, env("spectrometer", "events")))[1:]]
+                        for f in blocks.pop(msg.condition, [])[: msg.n]
+                    ]
+                    t0 = time.perf_counter()
+                    for k, f in enumerate(frames, 1):
+                        rt._on_frames(f, "events", None)
+                        if k % batch == 0:
+                            rt._flush()
+                    rt._flush()
+                    spent += time.perf_counter() - t0
+                    filed += len(frames)
+    finally:
+        if journal is not None:
+            journal.close()
+    if filed != conditions * replicates:
+        raise RuntimeError(f"filed {filed} spectra, expected {conditions * replicates}")
+    return 1e6 * spent / filed
+
+
+def _renumbered(frames: list[bytes], envelope: dict[str, Any]) -> m.Message:
+    msg = decode(frames)
+    return msg.model_copy(update=envelope)
+
+
+def path_cost(
+    spectrum: np.ndarray, replicates: int, journal: bool, runs: int = 7, conditions: int = 30
+) -> list[float]:
+    """Microseconds a spectrum (each run's mean) through the agent's path, no sockets."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(runs):
+            jdir = Path(tmp) if journal else None
+            out.append(asyncio.run(_path_once(spectrum, conditions, replicates, 16, jdir)))
+    return out
+
+
 # ---------------------------------------------------------------- profile
 
 #: (label, file suffix, function name) whose cumulative time is reported per spectrum.
@@ -591,6 +690,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     prof = None if args.no_profile else profile_agent(spectrum, c, r)
     pieces = piece_costs(spectrum, r)
+    path = {
+        "agent": path_cost(spectrum, r, journal=True),
+        "agent_nj": path_cost(spectrum, r, journal=False),
+    }
     load_end = os.getloadavg()
     med = {k: statistics.median(v) for k, v in kinds.items()}
     med_whole = {k: statistics.median(v) for k, v in whole.items()}
@@ -603,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         last,
         prof,
         pieces,
+        path,
         load_start,
         load_end,
         time.perf_counter() - t_start,
@@ -617,7 +721,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(args, argv, med, med_whole, kinds, last, prof, pieces, load_start, load_end, seconds):
+def report(
+    args, argv, med, med_whole, kinds, last, prof, pieces, path, load_start, load_end, seconds
+):
     cpu = "unknown"
     with contextlib.suppress(OSError, AttributeError):
         cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text()).group(1)
@@ -672,6 +778,32 @@ def report(args, argv, med, med_whole, kinds, last, prof, pieces, load_start, lo
         f"Targets: >= 20,000 spectra/s: **{verdict_rate}** ({med['agent']:,.0f}/s, "
         f"{med['agent'] / 20_000:.0%} of it); >= half the bare pyzmq rate in the same run: "
         f"**{verdict_ratio}** (ratio {ratio:.2f}).",
+    ]
+    bare_us = 1e6 / med["bare"]
+    best = {k: min(v) for k, v in path.items()}
+    lines += [
+        "",
+        "The ceiling: the agent's own path with no socket and no other process "
+        "(`path_cost`: pre-encoded frames handed to `AgentRuntime._on_frames` in this "
+        "thread, `_flush` every 16 spectra as a drained batch; decode, sequence, "
+        "`Campaign.handle`, the journal's row, the held view), microseconds a spectrum, "
+        f"{len(path['agent'])} runs of 30 conditions x {args.replicates}. Its best run is "
+        "what the agent could reach with a core to itself and free sockets.",
+        "",
+        "| path | us / spectrum, best | median | ceiling, spectra/s (1e6 / best) |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, label in (("agent", "agent, journal on"), ("agent_nj", "agent, no journal")):
+        lines.append(
+            f"| {label} | {best[key]:.1f} | {statistics.median(path[key]):.1f} "
+            f"| {1e6 / best[key]:,.0f} |"
+        )
+    lines += [
+        f"| bare sync loop, a message (1e6 / its median rate) | {bare_us:.1f} | | |",
+        "",
+        f"20,000 spectra/s leaves 50 us a spectrum for everything; half the bare rate "
+        f"leaves {2 * bare_us:.1f} us. The path alone, without the socket, takes "
+        f"{best['agent']:.1f} us with the journal and {best['agent_nj']:.1f} us without.",
     ]
     if prof is not None:
         lines += [

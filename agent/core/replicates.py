@@ -67,6 +67,7 @@ garbage-sending one does. Retrying is the campaign's business: it starts a new
 
 from __future__ import annotations
 
+import bisect
 import math
 import operator
 from collections.abc import Callable
@@ -348,6 +349,7 @@ class ConditionReplicates:
         self._ids: list[int] = []
         self._seen: set[int] = set()
         self._losses: list[float] = []
+        self._sorted: list[float] = []  # the same losses, in order (kept by _record)
         self._spectra = np.empty((settings.max_count, grid.n))
         self._outlier: list[bool] = []
         self._outlier_reason: dict[int, str] = {}  # position -> reason
@@ -527,6 +529,7 @@ class ConditionReplicates:
         self._ids.append(r)
         self._seen.add(r)
         self._losses.append(loss)
+        bisect.insort(self._sorted, loss)
         self._spectra[pos] = v
         self._outlier.append(False)
         self._last_progress = max(self._last_progress, now)
@@ -574,16 +577,20 @@ class ConditionReplicates:
             self._outlier = [False] * len(losses)
             return None
         s = self._settings
-        med = _median(losses)
-        # per add, over every replicate: C-level maps (x - med, |.|, > limit), the
-        # same float operations as the comprehensions they replace
-        dev = list(map(abs, map(med.__rsub__, losses)))
-        mad = max(_median(dev), s.mad_floor)
+        ordered = self._sorted
+        n, k = len(ordered), len(ordered) // 2
+        med = ordered[k] if n % 2 else 0.5 * (ordered[k - 1] + ordered[k])  # = _median(losses)
+        # C-level maps (x - med, |.|), the same float operations as a comprehension;
+        # over the sorted losses the deviations fall, then rise: two runs to merge
+        mad = max(_median(list(map(abs, map(med.__rsub__, ordered)))), s.mad_floor)
         limit = s.mad_threshold * _MAD_TO_SD * mad
+        # the largest deviation is at an end of the sorted losses
+        if abs(ordered[0] - med) <= limit and abs(ordered[-1] - med) <= limit:
+            self._outlier = [False] * n
+            return med
+        dev = list(map(abs, map(med.__rsub__, losses)))
         flags = list(map(limit.__lt__, dev))
         self._outlier = flags
-        if True not in flags:
-            return med
         for pos, flag in enumerate(flags):
             if flag:
                 self._outlier_reason[pos] = (
