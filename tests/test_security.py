@@ -602,6 +602,7 @@ def test_security_config_reads_keys_and_never_shows_a_secret(tmp_path):
     server = cfg.server_security()
     assert server is not None and server.keys == agent
     assert server.allowed == {load_secret_key(keys / "pump.key_secret").public}
+    assert server.names == {load_secret_key(keys / "pump.key_secret").public: "pump"}
     assert server.monitors == {monitor.public}
     for text in (repr(cfg), str(cfg), cfg.model_dump_json(), repr(server), *run_meta(cfg).values()):
         assert agent.secret.decode() not in text
@@ -614,7 +615,10 @@ def test_security_config_reads_keys_and_never_shows_a_secret(tmp_path):
         timeout=TIMEOUT,
     )
     assert shown.returncode == 0, shown.stderr
-    assert f"security: CURVE, agent key {agent.public.decode()}, 2 driver key(s)" in shown.stdout
+    assert (
+        f"security: CURVE, agent key {agent.public.decode()}, 2 driver key(s) (agent, pump)"
+        in shown.stdout
+    )
     assert agent.secret.decode() not in shown.stdout + shown.stderr
 
     by_file = {"security.secret_key_file": f'"{keys / "agent.key_secret"}"'}
