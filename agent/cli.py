@@ -268,7 +268,8 @@ def _parser() -> argparse.ArgumentParser:
         "generate",
         help="write a key pair per NAME",
         description="Write DIR/NAME.key (the public key, to hand out) and DIR/NAME.key_secret "
-        "(public and secret key, mode 0600, to keep) for each NAME. Never overwrites a key: "
+        "(public and secret key, mode 0600, to keep) for each NAME. A driver's key sends only "
+        "as its NAME, which must be its role (pump, spectrometer, xrd). Never overwrites a key: "
         "exit 2 if one of the files exists.",
     )
     gen.add_argument("--dir", type=Path, required=True, help="directory to write into")
@@ -509,9 +510,10 @@ def _validate(args: argparse.Namespace) -> int:
     if server is None:
         print("  security: none (plain text; a non-loopback base needs --insecure)")
     else:
+        names = ", ".join(sorted(set(server.names.values())))
         print(
             f"  security: CURVE, agent key {server.keys.public.decode()}, "
-            f"{len(server.allowed)} driver key(s), {len(server.monitors)} monitor key(s)"
+            f"{len(server.allowed)} driver key(s) ({names}), {len(server.monitors)} monitor key(s)"
         )
     return 0
 

@@ -52,7 +52,13 @@ from agent.core.stopping import (
 )
 from agent.core.strategies.registry import make_expansion, make_strategy
 from agent.security import ServerSecurity
-from protocols.security import CurveKeys, KeyFileError, load_allowed_keys, load_secret_key
+from protocols.security import (
+    CurveKeys,
+    KeyFileError,
+    load_allowed_keys,
+    load_key_names,
+    load_secret_key,
+)
 
 __all__ = ["ENV_PREFIX", "CampaignConfig", "ConfigError"]
 
@@ -339,7 +345,8 @@ class SecurityConfig(_Section):
     The agent's key pair comes from ``secret_key_file`` (a ``.key_secret``
     file, mode 0600) or ``secret_key`` (the Z85 secret itself, meant for the
     environment: ``SDL_AGENT_SECURITY__SECRET_KEY``); ``allowed_keys`` lists the
-    clients let in: ``.key`` files or directories of them; ``monitor_keys``
+    clients let in: ``.key`` files or directories of them, each key sending only
+    as the name of its file (``pump.key``: ``pump``); ``monitor_keys``
     the same for clients let in on the status endpoint only (monitors, which
     then cannot publish measurements or talk on the commands endpoint).
     Relative paths are relative to the campaign file. Neither the section nor a secret is ever
@@ -386,11 +393,11 @@ class SecurityConfig(_Section):
             keys = load_secret_key(_under(base_dir, self.secret_key_file))
         else:
             return None
-        allowed = load_allowed_keys(_under(base_dir, p) for p in self.allowed_keys)
+        names = load_key_names(_under(base_dir, p) for p in self.allowed_keys)
         monitors: frozenset[bytes] = frozenset()
         if self.monitor_keys:
             monitors = load_allowed_keys(_under(base_dir, p) for p in self.monitor_keys)
-        return ServerSecurity(keys, allowed, monitors=monitors)
+        return ServerSecurity(keys, frozenset(names), monitors=monitors, names=names)
 
 
 class CampaignConfig(_Section):

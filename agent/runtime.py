@@ -53,7 +53,7 @@ from agent.core.sequence import SequenceTracker
 from agent.core.status import campaign_status, condition_progress, filed_with
 from agent.core.strategies.base import StrategyError
 from agent.journal import Journal, JournalError
-from agent.security import STATUS_STREAM, ServerSecurity
+from agent.security import STATUS_STREAM, UNNAMED, USER_ID, KeyBinding, ServerSecurity
 from protocols import messages as m
 from protocols.codec import DEFAULT_MAX_BYTES, decode, encode, spectrum_array
 from protocols.errors import CodecError
@@ -141,6 +141,8 @@ class AgentRuntime:
         self.on_status = on_status
         self.status_interval = status_interval
         self.security = security
+        #: with CURVE, each message's sender is checked against its key's name
+        self._binding = KeyBinding(security.repeat_s if security is not None else 10.0)
         self.counters = Counters()
         self.session = m.new_id()
         self._ctx = context or zmq.asyncio.Context.instance()
@@ -265,19 +267,23 @@ class AgentRuntime:
 
     async def _commands(self) -> None:
         assert self._router is not None
+        secured = self.security is not None
         while True:
-            frames = await self._router.recv_multipart()
+            parts = await self._router.recv_multipart(copy=False)
+            user = _key_name(parts[0]) if secured else None
+            frames = [p.bytes for p in parts]
             if len(frames) < 2:
                 self._reject(None, "commands", "malformed", "no identity frame")
                 continue
             identity, rest = frames[0], frames[1:]
-            self._on_frames(rest, "commands", identity)
+            self._on_frames(rest, "commands", identity, user)
 
     async def _events(self) -> None:
         assert self._sub is not None
         # the same socket without asyncio's futures, for non-blocking receives only
         sub = zmq.Socket(shadow=self._sub.underlying)
         recv = sub.recv
+        secured = self.security is not None
         while True:
             await self._sub.poll(flags=zmq.POLLIN)
             # what is queued, without an await each (bench/bus_ingest.py: one await per
@@ -290,11 +296,12 @@ class AgentRuntime:
                     part = recv(_NOBLOCK, copy=False)
                 except zmq.Again:
                     break
+                user = _key_name(part) if secured else None
                 frames = [part.bytes]
                 while part.more:
                     part = recv(_NOBLOCK, copy=False)
                     frames.append(part.bytes)
-                self._on_frames(frames, "events", None)
+                self._on_frames(frames, "events", None, user)
             # the batch's deferred steps in one transaction, before the next await
             self._flush()
 
@@ -317,12 +324,18 @@ class AgentRuntime:
 
     # ------------------------------------------------------------ inbound
 
-    def _on_frames(self, frames: list[bytes], stream: str, identity: bytes | None) -> None:
+    def _on_frames(
+        self, frames: list[bytes], stream: str, identity: bytes | None, user: str | None = None
+    ) -> None:
+        """One message; ``user`` is the name of the CURVE key it came with (None: plain text)."""
         self.counters.received += 1
         try:
             msg = decode(frames, max_bytes=self.max_bytes)
         except CodecError as exc:
             self._reject(identity, stream, exc.code, str(exc))
+            return
+        if user is not None and (why := self._binding.refusal(user, msg, stream)) is not None:
+            self._reject(identity, stream, "key_mismatch", why, msg)
             return
         if identity is not None and msg.source.encode() != identity:
             self._reject(
@@ -709,3 +722,11 @@ class AgentRuntime:
         return any(
             not c.labels and c.state == "complete" for c in self.campaign.conditions.values()
         )
+
+
+def _key_name(frame: zmq.Frame) -> str:
+    """The name of the CURVE key a message came with: its ZAP User-Id."""
+    try:
+        return str(frame.get(USER_ID))
+    except zmq.ZMQError:  # no User-Id: not let in by our ZAP handler, so nobody's
+        return UNNAMED

@@ -21,7 +21,16 @@ most one per ``repeat_s`` per peer with the count in between):
   mismatch first is a race: when the client does, it hangs up and the agent
   sees only the broken-off handshake (so does a client refused by ZAP, after
   its ``stage="zap"`` record). The monitor knows the socket, not the peer's
-  address.
+  address;
+- ``auth_denied`` with ``stage="message"``: a message got in under a key
+  but names another sender (:class:`KeyBinding`; the runtime also rejects it
+  as ``message_rejected``, code ``key_mismatch``).
+
+Each allowed driver key has a name (its file's: ``pump.key`` is ``pump``); the
+ZAP handler gives it as the connection's ZAP User-Id, which libzmq attaches to
+every message of the connection (``frame.get("User-Id")``), and the agent lets
+a message in only if its ``source`` is that name, and a hello only if its
+``role`` is too (:func:`key_mismatch`).
 
 See docs/security.md.
 """
@@ -30,7 +39,7 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,12 +50,26 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
+from protocols import messages as m
 from protocols.security import CurveKeys
 
-__all__ = ["STATUS_STREAM", "ServerSecurity", "Throttle"]
+__all__ = [
+    "STATUS_STREAM",
+    "UNNAMED",
+    "USER_ID",
+    "KeyBinding",
+    "ServerSecurity",
+    "Throttle",
+    "key_mismatch",
+]
 
 #: the ZAP domain of the status endpoint, where monitor keys are let in too
 STATUS_STREAM = "status"
+#: the message property (ZMTP metadata) that holds the ZAP User-Id: the key's name
+USER_ID = "User-Id"
+#: the User-Id of a key let in without a name (a monitor's): no name on the wire
+#: matches it, so nothing such a key sends gets in
+UNNAMED = "(unnamed key)"
 
 log = structlog.get_logger("sdl_agent.security")
 
@@ -64,12 +87,15 @@ class ServerSecurity:
 
     ``allowed`` keys get in on every endpoint; ``monitors`` only on the status
     endpoint (a ZAP domain per endpoint, ``STATUS_STREAM`` for status).
+    ``names`` gives each allowed key the one name it may send as
+    (:func:`key_mismatch`); a key without one sends nothing that gets in.
     """
 
     keys: CurveKeys
     allowed: frozenset[bytes] = field(repr=False)
     repeat_s: float = 10.0
     monitors: frozenset[bytes] = field(default=frozenset(), repr=False)
+    names: Mapping[bytes, str] = field(default_factory=dict, repr=False)
 
     def secure(self, sock: zmq.Socket, stream: str) -> None:
         """Make ``sock`` a CURVE server whose ZAP domain is ``stream``; before ``bind``."""
@@ -82,7 +108,7 @@ class ServerSecurity:
         self, ctx: zmq.asyncio.Context, streams: Iterable[str]
     ) -> AllowListAuthenticator:
         """A started ZAP handler for ``ctx`` that lets in only :attr:`allowed`."""
-        auth = AllowListAuthenticator(ctx, Throttle(self.repeat_s))
+        auth = AllowListAuthenticator(ctx, Throttle(self.repeat_s), self.names)
         for stream in streams:
             keys = self.allowed | self.monitors if stream == STATUS_STREAM else self.allowed
             auth.configure_curve_callback(stream, credentials_provider=_AllowList(keys))
@@ -147,12 +173,23 @@ class Throttle:
 
 
 class AllowListAuthenticator(AsyncioAuthenticator):
-    """pyzmq's ZAP handler, which also logs every refusal as ``auth_denied``."""
+    """pyzmq's ZAP handler, which also logs every refusal as ``auth_denied`` and
+    gives each key let in its name as the connection's User-Id."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, throttle: Throttle) -> None:
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        throttle: Throttle,
+        names: Mapping[bytes, str] | None = None,
+    ) -> None:
         super().__init__(ctx)
         self._throttle = throttle
+        self._names = names or {}
         self._request: list[bytes] = []
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        """The name of the key (``client_public_key`` raw, 32 bytes), or :data:`UNNAMED`."""
+        return self._names.get(z85.encode(client_public_key), UNNAMED)
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:
         self._request = msg
@@ -190,6 +227,57 @@ class AllowListAuthenticator(AsyncioAuthenticator):
                 reason=_text(status_text),
                 repeats=repeats,
             )
+
+
+class KeyBinding:
+    """Refuses, and logs, a message whose sender is not the name of its key.
+
+    ``refusal`` is called for every message that arrived over CURVE, with the
+    connection's User-Id; the ``auth_denied`` records (``stage="message"``) are
+    throttled per (stream, key name, claimed source) like the handshake's.
+    """
+
+    def __init__(self, repeat_s: float = 10.0) -> None:
+        self._throttle = Throttle(repeat_s)
+
+    def refusal(self, name: str, msg: m.Message, stream: str) -> str | None:
+        """None if the key named ``name`` may send ``msg``; else why not (logged)."""
+        why = key_mismatch(name, msg)
+        if why is None:
+            return None
+        repeats = self._throttle.due((stream, name, msg.source), time.monotonic())
+        if repeats is not None:
+            log.warning(
+                "auth_denied",
+                stream=stream,
+                stage="message",
+                key_name=name,
+                kind=msg.kind,
+                source=msg.source,
+                reason=why,
+                repeats=repeats,
+            )
+        return why
+
+
+def key_mismatch(name: str, msg: m.Message) -> str | None:
+    """Why a key named ``name`` may not send ``msg``, or None if it may.
+
+    A key sends only as its name: ``source`` must be the name, and a hello
+    must claim it as its ``role`` too (the agent sends each role's commands to
+    the driver whose hello claimed it).
+
+    >>> hello = m.Hello(msg_id="1", source="pump", seq=0, ts=0.0, role="pump", session="s")
+    >>> key_mismatch("pump", hello) is None
+    True
+    >>> key_mismatch("spectrometer", hello)
+    "the key of 'spectrometer' may not send as 'pump'"
+    """
+    if msg.source != name:
+        return f"the key of {name!r} may not send as {msg.source!r}"
+    if type(msg) is m.Hello and msg.role != name:
+        return f"the key of {name!r} may not say hello as the {msg.role!r} role"
+    return None
 
 
 class _AllowList:

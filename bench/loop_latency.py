@@ -111,11 +111,13 @@ class StepTimer:
         self._cur: dict[str, float] = {}
         on_frames, send = rt._on_frames, rt._send
 
-        def timed_on_frames(frames: list[bytes], stream: str, identity: bytes | None) -> None:
+        def timed_on_frames(
+            frames: list[bytes], stream: str, identity: bytes | None, user: str | None = None
+        ) -> None:
             self._t_in, self._frames, self._cur = time.perf_counter(), frames, {}
             self._cpu_in = time.thread_time()
             try:
-                on_frames(frames, stream, identity)
+                on_frames(frames, stream, identity, user)
             finally:
                 self._t_in = self._frames = None
 

@@ -284,7 +284,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--name",
         default="",
         metavar="NAME",
-        help="the driver's name on the wire (source, DEALER identity); default: the role.",
+        help="the driver's name on the wire (source, DEALER identity); default: the role. "
+        "With CURVE keys the agent takes only its key's name (NAME.key_secret), the role.",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0).")
     p.add_argument(

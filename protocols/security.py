@@ -10,6 +10,11 @@ writes them: ``NAME.key`` holds the public key, ``NAME.key_secret`` the public
 and the secret key. A secret never appears in a repr, a log record or an error
 message; public keys (Z85 text) may.
 
+Each allowed driver key has a name, its file's name without ``.key``
+(:func:`key_name`: ``pump.key`` speaks as ``pump``, as ``sdl-agent keys
+generate`` names them); the agent lets a key's messages in only under that
+name (:func:`load_key_names`, :mod:`agent.security`).
+
 The rule for plain-text endpoints: without keys, an endpoint that is not on
 loopback is refused (:func:`insecure_refusal`) unless the user passes
 ``--insecure``.
@@ -23,9 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +48,9 @@ __all__ = [
     "KeyFileError",
     "generate_key_files",
     "insecure_refusal",
+    "key_name",
     "load_allowed_keys",
+    "load_key_names",
     "load_public_key",
     "load_secret_key",
 ]
@@ -50,6 +58,8 @@ __all__ = [
 #: a driver's or monitor's own secret key, Z85 text, when it is not in a file
 SECRET_KEY_ENV = "SDL_CURVE_SECRET_KEY"
 _Z85_KEY_LEN = 40
+#: a name on the wire (``Name`` in protocols.messages): what a key's name must be
+_WIRE_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 
 
 class KeyFileError(ProtocolError):
@@ -179,21 +189,47 @@ def load_allowed_keys(paths: Iterable[str | os.PathLike[str]]) -> frozenset[byte
     Raises:
         KeyFileError: a path is missing, a file malformed, or the list ends up empty.
     """
-    keys: set[bytes] = set()
-    for path in paths:
-        p = Path(path)
-        if p.is_dir():
-            files = sorted(p.glob("*.key"))
-            if not files:
-                raise KeyFileError(f"allow-list directory {p} holds no *.key file")
-            keys.update(load_public_key(f) for f in files)
-        elif p.exists():
-            keys.add(load_public_key(p))
-        else:
-            raise KeyFileError(f"allow-list entry {p}: no such file or directory")
+    keys = frozenset(load_public_key(f) for f in _key_files(paths))
     if not keys:
         raise KeyFileError("the allow-list of client keys is empty")
-    return frozenset(keys)
+    return keys
+
+
+def key_name(path: str | os.PathLike[str]) -> str:
+    """The name a key file's key speaks as: the file name without ``.key`` (or
+    ``.key_secret``, or whatever suffix it has).
+
+    >>> key_name("keys/pump.key"), key_name("pump.key_secret"), key_name("xrd")
+    ('pump', 'pump', 'xrd')
+    """
+    return Path(path).stem
+
+
+def load_key_names(paths: Iterable[str | os.PathLike[str]]) -> dict[bytes, str]:
+    """The keys of a drivers' allow-list (as :func:`load_allowed_keys`), each
+    with its :func:`key_name`: Z85 public key -> name.
+
+    Raises:
+        KeyFileError: as :func:`load_allowed_keys`; or a file's name is not a
+            name on the wire (``A-Z a-z 0-9 _ . : -``, 1..64), or one key is in
+            files of two names (a key speaks as one name).
+    """
+    names: dict[bytes, str] = {}
+    for f in _key_files(paths):
+        name = key_name(f)
+        if not _WIRE_NAME.fullmatch(name):
+            raise KeyFileError(
+                f"{f}: {name[:80]!r} cannot be a driver's name (1..64 of A-Z a-z 0-9 _ . : -), "
+                "and a key speaks as the name of its file; rename the file"
+            )
+        other = names.setdefault(load_public_key(f), name)
+        if other != name:
+            raise KeyFileError(
+                f"{f}: the same key is allowed as {other!r} too; a key speaks as one name"
+            )
+    if not names:
+        raise KeyFileError("the allow-list of client keys is empty")
+    return names
 
 
 def generate_key_files(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
@@ -253,6 +289,20 @@ def insecure_refusal(endpoints: Iterable[str], *, secured: bool, insecure: bool)
         "anyone who reaches it could read and send messages. Configure keys "
         "(docs/security.md) or pass --insecure to run in plain text anyway"
     )
+
+
+def _key_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+    for path in paths:
+        p = Path(path)
+        if p.is_dir():
+            files = sorted(p.glob("*.key"))
+            if not files:
+                raise KeyFileError(f"allow-list directory {p} holds no *.key file")
+            yield from files
+        elif p.exists():
+            yield p
+        else:
+            raise KeyFileError(f"allow-list entry {p}: no such file or directory")
 
 
 def _load_certificate(p: Path) -> tuple[bytes, bytes | None]:

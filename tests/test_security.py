@@ -3,9 +3,10 @@
 The agent runs with ``[security]`` keys; the three simulated drivers and a
 monitor hold allowed keys; rogues in this process try every endpoint without
 CURVE, with a key not in the allow-list, with a monitor's key where only the
-status endpoint lets it in, and with the wrong server key. Every wait is on a
-log record or a process, with a timeout that fails the test. Runtime of the
-file: ~15-25 s (most of it starting processes).
+status endpoint lets it in, and with the wrong server key; and, with an
+allowed driver's key, under another driver's name. Every wait is on a log
+record or a process, with a timeout that fails the test. Runtime of the file:
+~25-35 s (most of it starting processes).
 """
 
 from __future__ import annotations
@@ -110,10 +111,10 @@ def _hello(source: str, seq: int) -> list[bytes]:
     return encode(msg)
 
 
-def _spectrum(seq: int) -> list[bytes]:
+def _spectrum(seq: int, source: str = "spectrometer") -> list[bytes]:
     msg = m.Spectrum(
         msg_id=m.new_id(),
-        source="spectrometer",
+        source=source,
         seq=seq,
         ts=time.time(),
         condition="r01-c01",
@@ -351,6 +352,157 @@ async def test_unknown_keys_cannot_publish_or_receive_and_each_attempt_is_logged
     assert rogue_keys.public in texts[0]  # public keys are logged, the refused client's too
 
 
+@pytest.mark.e2e
+async def test_a_driver_key_is_refused_under_another_drivers_name_and_the_rightful_ones_finish(
+    tmp_path,
+):
+    """The spectrometer's (allowed) key says hello as the pump, says hello in the
+    pump's role under its own name, and publishes spectra as the pump: each is
+    refused as ``key_mismatch`` and logged, the agent keeps running, and the real
+    drivers, each with its own key, complete the campaign meanwhile."""
+    keys = tmp_path / "keys"
+    assert sdl_agent_main(["keys", "generate", "--dir", str(keys), "agent", *ROLES]) == 0
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    for role in ROLES:
+        (allowed / f"{role}.key").write_bytes((keys / f"{role}.key").read_bytes())
+    agent_keys = load_secret_key(keys / "agent.key_secret")
+    spectrometer_keys = load_secret_key(keys / "spectrometer.key_secret")
+
+    base = find_free_base()
+    ep = Endpoints.from_base(base)
+    agent = await asyncio.create_subprocess_exec(
+        *sdl_agent(
+            "run",
+            str(CAMPAIGN),
+            "--base",
+            base,
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "stop.max_rounds=1",
+            "--set",
+            "campaign.batch_size=3",
+            "--set",
+            "strategy.two_step.dnn_points=1",
+            "--set",
+            f'security.secret_key_file="{keys / "agent.key_secret"}"',
+            "--set",
+            f'security.allowed_keys=["{allowed}"]',
+        ),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert agent.stderr is not None and agent.stdout is not None
+    log = Records(agent.stderr)
+    ctx = zmq.asyncio.Context()
+    rogues: list[zmq.asyncio.Socket] = []
+    senders: list[asyncio.Task[None]] = []
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def refused(stream: str, kind: str, source: str) -> Callable[[dict[str, Any]], bool]:
+        return lambda r: (
+            r["event"] == "message_rejected"
+            and r.get("code") == "key_mismatch"
+            and (r["stream"], r.get("kind"), r.get("source")) == (stream, kind, source)
+        )
+
+    try:
+        await log.wait_for(lambda r: r["event"] == "agent_bound", "agent_bound")
+        # before the drivers start (a DEALER under a driver's identity would take its
+        # route on the ROUTER): hellos with the spectrometer's key, as the pump and,
+        # under its own name, in the pump's role
+        as_pump = _rogue(ctx, zmq.DEALER, spectrometer_keys, agent_keys.public)
+        as_pump.setsockopt(zmq.IDENTITY, b"pump")
+        in_pump_role = _rogue(ctx, zmq.DEALER, spectrometer_keys, agent_keys.public)
+        in_pump_role.setsockopt(zmq.IDENTITY, b"spectrometer")
+        rogues += [as_pump, in_pump_role]
+        as_pump.connect(ep.commands)
+        in_pump_role.connect(ep.commands)
+        hellos = [
+            asyncio.create_task(_keep_sending(as_pump, lambda n: _hello("pump", n))),
+            asyncio.create_task(_keep_sending(in_pump_role, lambda n: _hello("spectrometer", n))),
+        ]
+        senders += hellos
+        rec = await log.wait_for(refused("commands", "hello", "pump"), "hello as the pump refused")
+        assert rec["peer"] == "pump"
+        assert rec["reason"] == "the key of 'spectrometer' may not send as 'pump'"
+        rec = await log.wait_for(
+            refused("commands", "hello", "spectrometer"), "hello in the pump's role refused"
+        )
+        assert rec["reason"] == "the key of 'spectrometer' may not say hello as the 'pump' role"
+        for t in hellos:
+            t.cancel()
+        for s in (as_pump, in_pump_role):
+            s.close(linger=0)
+
+        # spectra as the pump, with the spectrometer's key, all campaign long
+        pub = _rogue(ctx, zmq.PUB, spectrometer_keys, agent_keys.public)
+        rogues.append(pub)
+        pub.connect(ep.events)
+        senders.append(asyncio.create_task(_keep_sending(pub, lambda n: _spectrum(n, "pump"))))
+        await log.wait_for(refused("events", "spectrum", "pump"), "a spectrum as the pump refused")
+        for stream, source in (
+            ("commands", "pump"),
+            ("commands", "spectrometer"),
+            ("events", "pump"),
+        ):
+            denied = await log.wait_for(
+                lambda r, st=stream, so=source: (
+                    r["event"] == "auth_denied"
+                    and r["stage"] == "message"
+                    and (r["stream"], r["source"]) == (st, so)
+                ),
+                f"auth_denied (stage=message) on {stream} as {source}",
+            )
+            assert denied["key_name"] == "spectrometer" and denied["level"] == "warning"
+
+        # the rightful drivers, each with its own key, close the loop meanwhile
+        extra = {
+            r: [
+                "--curve-secret-key",
+                str(keys / f"{r}.key_secret"),
+                "--curve-server-key",
+                str(keys / "agent.key"),
+            ]
+            for r in ROLES
+        }
+        procs = start_drivers(
+            base, time_scale=0.005, seed=0, log_dir=tmp_path / "logs", extra=extra
+        )
+        out = await asyncio.wait_for(agent.stdout.read(), TIMEOUT)
+        await asyncio.wait_for(agent.wait(), TIMEOUT)
+        await asyncio.wait_for(log.task, TIMEOUT)
+        assert agent.returncode == 0, "".join(log.lines)[-3000:]
+        assert not senders[-1].done()  # the rogue was still publishing at the end
+    finally:
+        for t in senders:
+            t.cancel()
+        for s in rogues:
+            s.close(linger=0)
+        ctx.term()
+        if agent.returncode is None:
+            agent.kill()
+            await asyncio.wait_for(agent.wait(), TIMEOUT)
+        stop_drivers(procs)
+
+    summary = out.decode()
+    assert "conditions 3 complete / 0 failed" in summary, summary
+    # on the bus (the campaign's own refusals of replicates have no stream), every
+    # refusal was the rogue's: nothing the rightful drivers sent was refused
+    rejected = [r for r in log.records if r["event"] == "message_rejected" and "stream" in r]
+    assert rejected and {r["code"] for r in rejected} == {"key_mismatch"}
+    assert {(r["stream"], r["kind"], r["source"]) for r in rejected} == {
+        ("commands", "hello", "pump"),
+        ("commands", "hello", "spectrometer"),
+        ("events", "spectrum", "pump"),
+    }
+    assert re.search(rf"messages in, {len(rejected)} rejected", summary), summary
+    hellos_in = [r for r in log.records if r["event"] == "driver_hello"]
+    assert sorted((h["source"], h["role"]) for h in hellos_in) == [(r, r) for r in ROLES]
+    assert all(h["session"] != "rogue" for h in hellos_in)
+
+
 def test_keys_generate_writes_a_private_secret_and_never_overwrites(tmp_path, capsys):
     d = tmp_path / "keys"
     assert sdl_agent_main(["keys", "generate", "--dir", str(d), "agent", "pump"]) == 0
@@ -450,6 +602,7 @@ def test_security_config_reads_keys_and_never_shows_a_secret(tmp_path):
     server = cfg.server_security()
     assert server is not None and server.keys == agent
     assert server.allowed == {load_secret_key(keys / "pump.key_secret").public}
+    assert server.names == {load_secret_key(keys / "pump.key_secret").public: "pump"}
     assert server.monitors == {monitor.public}
     for text in (repr(cfg), str(cfg), cfg.model_dump_json(), repr(server), *run_meta(cfg).values()):
         assert agent.secret.decode() not in text
@@ -462,7 +615,10 @@ def test_security_config_reads_keys_and_never_shows_a_secret(tmp_path):
         timeout=TIMEOUT,
     )
     assert shown.returncode == 0, shown.stderr
-    assert f"security: CURVE, agent key {agent.public.decode()}, 2 driver key(s)" in shown.stdout
+    assert (
+        f"security: CURVE, agent key {agent.public.decode()}, 2 driver key(s) (agent, pump)"
+        in shown.stdout
+    )
     assert agent.secret.decode() not in shown.stdout + shown.stderr
 
     by_file = {"security.secret_key_file": f'"{keys / "agent.key_secret"}"'}
