@@ -385,17 +385,7 @@ class AgentRuntime:
 
     def _to_event(self, msg: m.Message, identity: bytes | None, now: float) -> Event | None:
         if type(msg) is m.Spectrum:  # the hot kind first (the match tries its cases in order)
-            values = spectrum_array(msg)  # read-only, over the values frame: no copy
-            return SpectrumIn(
-                msg.condition,
-                msg.replicate,
-                values,
-                msg.wl_start,
-                msg.wl_step,
-                now,
-                msg.source,
-                msg.acquire_id,
-            )
+            return _spectrum_in(msg, now)
         match msg:
             case m.Hello():
                 self._identity[msg.role] = msg.source.encode()
@@ -416,17 +406,7 @@ class AgentRuntime:
             case m.FlowReadback(stable=True):
                 return FlowStable(msg.cmd_id, msg.condition, now)
             case m.Spectrum():
-                values = spectrum_array(msg)  # read-only, over the values frame: no copy
-                return SpectrumIn(
-                    msg.condition,
-                    msg.replicate,
-                    values,
-                    msg.wl_start,
-                    msg.wl_step,
-                    now,
-                    msg.source,
-                    msg.acquire_id,
-                )
+                return _spectrum_in(msg, now)
             case m.PhaseLabel():
                 return PhaseLabelIn(msg.condition, msg.phase, msg.confidence, now, msg.source)
             case m.Fault():  # logged by the core (driver_fault), which decides what it means
@@ -709,3 +689,17 @@ class AgentRuntime:
         return any(
             not c.labels and c.state == "complete" for c in self.campaign.conditions.values()
         )
+
+
+def _spectrum_in(msg: m.Spectrum, now: float) -> SpectrumIn:
+    values = spectrum_array(msg)  # read-only, over the values frame: no copy
+    return SpectrumIn(
+        msg.condition,
+        msg.replicate,
+        values,
+        msg.wl_start,
+        msg.wl_step,
+        now,
+        msg.source,
+        msg.acquire_id,
+    )
