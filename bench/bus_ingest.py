@@ -108,6 +108,17 @@ def bench_config(conditions: int, replicates: int, base: str) -> CampaignConfig:
     )
 
 
+def new_journal(cfg: CampaignConfig, path: Path) -> Journal:
+    """A new journal at ``path`` for ``cfg`` with seed 0, as ``sdl-agent run`` makes one."""
+    return Journal.create(
+        path,
+        campaign_id=cfg.campaign.id,
+        config_hash=config_hash(cfg, 0),
+        seed=0,
+        parameters=[p.name for p in cfg.parameters],
+    )
+
+
 # --------------------------------------------------------------- instruments
 
 
@@ -342,13 +353,7 @@ async def agent_once(
     campaign = Campaign(cfg.to_settings(), seed=0)
     journal = None
     if journal_dir is not None:
-        journal = Journal.create(
-            journal_dir / f"journal-{base.rsplit(':', 1)[1]}.sqlite",
-            campaign_id=cfg.campaign.id,
-            config_hash=config_hash(cfg, 0),
-            seed=0,
-            parameters=[p.name for p in cfg.parameters],
-        )
+        journal = new_journal(cfg, journal_dir / f"journal-{base.rsplit(':', 1)[1]}.sqlite")
     done: dict[str, float] = {}
 
     def on_status(msg: m.Message) -> None:
@@ -423,13 +428,7 @@ async def _path_once(
     campaign = Campaign(cfg.to_settings(), seed=0)
     journal = None
     if journal_dir is not None:
-        journal = Journal.create(
-            journal_dir / f"path-{time.monotonic_ns()}.sqlite",
-            campaign_id=cfg.campaign.id,
-            config_hash=config_hash(cfg, 0),
-            seed=0,
-            parameters=[p.name for p in cfg.parameters],
-        )
+        journal = new_journal(cfg, journal_dir / f"path-{time.monotonic_ns()}.sqlite")
     rt = AgentRuntime(campaign, Endpoints.from_base(base), journal=journal)
     sent: list[m.Message] = []
     rt._send = lambda role, msg: sent.append(msg)  # type: ignore[method-assign]
