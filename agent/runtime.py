@@ -398,17 +398,7 @@ class AgentRuntime:
 
     def _to_event(self, msg: m.Message, identity: bytes | None, now: float) -> Event | None:
         if type(msg) is m.Spectrum:  # the hot kind first (the match tries its cases in order)
-            values = spectrum_array(msg)  # read-only, over the values frame: no copy
-            return SpectrumIn(
-                msg.condition,
-                msg.replicate,
-                values,
-                msg.wl_start,
-                msg.wl_step,
-                now,
-                msg.source,
-                msg.acquire_id,
-            )
+            return _spectrum_in(msg, now)
         match msg:
             case m.Hello():
                 self._identity[msg.role] = msg.source.encode()
@@ -429,17 +419,7 @@ class AgentRuntime:
             case m.FlowReadback(stable=True):
                 return FlowStable(msg.cmd_id, msg.condition, now)
             case m.Spectrum():
-                values = spectrum_array(msg)  # read-only, over the values frame: no copy
-                return SpectrumIn(
-                    msg.condition,
-                    msg.replicate,
-                    values,
-                    msg.wl_start,
-                    msg.wl_step,
-                    now,
-                    msg.source,
-                    msg.acquire_id,
-                )
+                return _spectrum_in(msg, now)
             case m.PhaseLabel():
                 return PhaseLabelIn(msg.condition, msg.phase, msg.confidence, now, msg.source)
             case m.Fault():  # logged by the core (driver_fault), which decides what it means
@@ -730,3 +710,17 @@ def _key_name(frame: zmq.Frame) -> str:
         return str(frame.get(USER_ID))
     except zmq.ZMQError:  # no User-Id: not let in by our ZAP handler, so nobody's
         return UNNAMED
+
+
+def _spectrum_in(msg: m.Spectrum, now: float) -> SpectrumIn:
+    values = spectrum_array(msg)  # read-only, over the values frame: no copy
+    return SpectrumIn(
+        msg.condition,
+        msg.replicate,
+        values,
+        msg.wl_start,
+        msg.wl_step,
+        now,
+        msg.source,
+        msg.acquire_id,
+    )

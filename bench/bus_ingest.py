@@ -108,6 +108,17 @@ def bench_config(conditions: int, replicates: int, base: str) -> CampaignConfig:
     )
 
 
+def new_journal(cfg: CampaignConfig, path: Path) -> Journal:
+    """A new journal at ``path`` for ``cfg`` with seed 0, as ``sdl-agent run`` makes one."""
+    return Journal.create(
+        path,
+        campaign_id=cfg.campaign.id,
+        config_hash=config_hash(cfg, 0),
+        seed=0,
+        parameters=[p.name for p in cfg.parameters],
+    )
+
+
 # --------------------------------------------------------------- instruments
 
 
@@ -172,6 +183,14 @@ class _Driver:
         self.pub.close(0)
 
 
+def with_acquire(body: bytes, cmd_id: str) -> bytes:
+    """A spectrum's pre-encoded JSON header with its ``acquire_id`` set to ``cmd_id``."""
+    out = body.replace(b'"acquire_id":""', b'"acquire_id":"%s"' % cmd_id.encode(), 1)
+    if out == body:
+        raise ValueError("the header has no empty acquire_id to fill in")
+    return out
+
+
 def instruments(
     base_url: str, spectrum: np.ndarray, conditions: int, replicates: int, conn
 ) -> None:
@@ -209,8 +228,14 @@ def instruments(
                         )
                 elif isinstance(msg, m.Acquire):
                     d.tell(m.AcquireAck, cmd_id=msg.cmd_id, accepted=True)
+                    # each droplet names its acquire, as a spectrometer does (schema 4):
+                    # the header's empty acquire_id filled in before the clock starts
+                    block = [
+                        [topic, with_acquire(body, msg.cmd_id), values]
+                        for topic, body, values in blocks.pop(msg.condition, [])[: msg.n]
+                    ]
                     t0 = time.monotonic()
-                    for frames in blocks.pop(msg.condition, [])[: msg.n]:
+                    for frames in block:
                         d.pub.send_multipart(frames)
                     sent[msg.condition] = (t0, time.monotonic())
         conn.recv()
@@ -328,13 +353,7 @@ async def agent_once(
     campaign = Campaign(cfg.to_settings(), seed=0)
     journal = None
     if journal_dir is not None:
-        journal = Journal.create(
-            journal_dir / f"journal-{base.rsplit(':', 1)[1]}.sqlite",
-            campaign_id=cfg.campaign.id,
-            config_hash=config_hash(cfg, 0),
-            seed=0,
-            parameters=[p.name for p in cfg.parameters],
-        )
+        journal = new_journal(cfg, journal_dir / f"journal-{base.rsplit(':', 1)[1]}.sqlite")
     done: dict[str, float] = {}
 
     def on_status(msg: m.Message) -> None:
@@ -409,13 +428,7 @@ async def _path_once(
     campaign = Campaign(cfg.to_settings(), seed=0)
     journal = None
     if journal_dir is not None:
-        journal = Journal.create(
-            journal_dir / f"path-{time.monotonic_ns()}.sqlite",
-            campaign_id=cfg.campaign.id,
-            config_hash=config_hash(cfg, 0),
-            seed=0,
-            parameters=[p.name for p in cfg.parameters],
-        )
+        journal = new_journal(cfg, journal_dir / f"path-{time.monotonic_ns()}.sqlite")
     rt = AgentRuntime(campaign, Endpoints.from_base(base), journal=journal)
     sent: list[m.Message] = []
     rt._send = lambda role, msg: sent.append(msg)  # type: ignore[method-assign]
@@ -453,7 +466,11 @@ async def _path_once(
                 elif isinstance(msg, m.Acquire):
                     command("spectrometer", m.AcquireAck, cmd_id=msg.cmd_id, accepted=True)
                     frames = [  # this run's sequence numbers, encoded before the clock
-                        [f[0], *encode(_renumbered(f, env("spectrometer", "events")))[1:]]
+                        encode(
+                            decode(f).model_copy(
+                                update={**env("spectrometer", "events"), "acquire_id": msg.cmd_id}
+                            )
+                        )
                         for f in blocks.pop(msg.condition, [])[: msg.n]
                     ]
                     t0 = time.perf_counter()
@@ -470,11 +487,6 @@ async def _path_once(
     if filed != conditions * replicates:
         raise RuntimeError(f"filed {filed} spectra, expected {conditions * replicates}")
     return 1e6 * spent / filed
-
-
-def _renumbered(frames: list[bytes], envelope: dict[str, Any]) -> m.Message:
-    msg = decode(frames)
-    return msg.model_copy(update=envelope)
 
 
 def path_cost(
@@ -742,9 +754,9 @@ def report(
         "with other jobs: absolute rates are noisy, the ratio to the bare loop in the same "
         "run less so).",
         f"- Setup: {args.conditions} conditions x {args.replicates} spectra of 421 points "
-        f"({n} spectra, {_frame_sizes()} each: schema version 3) a run, over TCP loopback "
-        "from a "
-        "separate process; examples/agnp.toml with `replicates.max_count = per_acquire = "
+        f"({n} spectra, {_frame_sizes()} each: schema version {m.SCHEMA_VERSION}) a run, "
+        "over TCP loopback from a separate process; examples/agnp.toml with "
+        "`replicates.max_count = per_acquire = "
         f"{args.replicates}`, `settle_tolerance = 0`, one LHS round, pump + spectrometer "
         "(see the docstring of bench/bus_ingest.py). Every spectrum was filed "
         f"(last run: {last['agent']['received']} messages in, {last['agent']['rejected']} "

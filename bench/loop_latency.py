@@ -52,13 +52,13 @@ import zmq.asyncio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bus_ingest import new_journal  # noqa: E402
 from results import write_section  # noqa: E402
 
 from agent import runtime as runtime_module  # noqa: E402
 from agent.config import CampaignConfig  # noqa: E402
 from agent.core.campaign import Campaign  # noqa: E402
 from agent.demo import find_free_base, start_drivers, stop_drivers  # noqa: E402
-from agent.journal import Journal, config_hash  # noqa: E402
 from agent.logs import configure_logging  # noqa: E402
 from agent.runtime import AgentRuntime  # noqa: E402
 from protocols import messages as m  # noqa: E402
@@ -180,13 +180,7 @@ async def one_run(
     campaign = Campaign(cfg.to_settings(), seed=0)
     journal = None
     if journal_on:
-        journal = Journal.create(
-            tmp / f"journal-{base.rsplit(':', 1)[1]}.sqlite",
-            campaign_id=cfg.campaign.id,
-            config_hash=config_hash(cfg, 0),
-            seed=0,
-            parameters=[p.name for p in cfg.parameters],
-        )
+        journal = new_journal(cfg, tmp / f"journal-{base.rsplit(':', 1)[1]}.sqlite")
         if autocheckpoint is not None:  # an experiment on this connection only
             journal._db.execute(f"PRAGMA wal_autocheckpoint = {int(autocheckpoint)}")
     actx = zmq.asyncio.Context()

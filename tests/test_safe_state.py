@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -103,6 +104,29 @@ async def wait_for_line(path: Path, pred: Callable[[Record], bool], what: str) -
         raise AssertionError(f"no {what} in {path.name} within {TIMEOUT} s") from None
 
 
+async def start_campaign(
+    tmp_path: Path, settings: dict[str, Any], extra: dict[str, list[str]]
+) -> tuple[asyncio.subprocess.Process, dict[str, subprocess.Popen[bytes]], AgentLog]:
+    """``sdl-agent run`` of the reference campaign with ``settings``, and the three
+    simulated drivers (``extra``: more flags by role), on a free base; the agent's
+    log is followed as it is written."""
+    base = find_free_base()
+    sets = [x for k, v in settings.items() for x in ("--set", f"{k}={v}")]
+    agent = await asyncio.create_subprocess_exec(
+        *sdl_agent("run", str(CAMPAIGN), "--base", base, "--out", str(tmp_path), *sets),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    procs = start_drivers(base, time_scale=0.01, seed=0, log_dir=tmp_path / "logs", extra=extra)
+    assert agent.stderr is not None
+    return agent, procs, AgentLog(agent.stderr)
+
+
+def keep_records(tmp_path: Path, log: AgentLog) -> None:
+    """The agent's log records as read, kept for a failure's post-mortem."""
+    (tmp_path / "agent.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log.records))
+
+
 def event(name: str, **fields: Any) -> Callable[[Record], bool]:
     return lambda r: r.get("event") == name and all(r.get(k) == v for k, v in fields.items())
 
@@ -112,29 +136,15 @@ async def run_and_silence(tmp_path: Path, role: str, trigger: Callable[[Record],
     log, SIGSTOP ``role``; once the agent has paused (and, for a silent
     spectrometer, the pump has gone to its safe flows), SIGCONT it. Returns the
     agent's log records, its exit code and the pump's applied log."""
-    base = find_free_base()
     applied = tmp_path / "applied.jsonl"
-    sets = [x for k, v in SETTINGS.items() for x in ("--set", f"{k}={v}")]
-    agent = await asyncio.create_subprocess_exec(
-        *sdl_agent("run", str(CAMPAIGN), "--base", base, "--out", str(tmp_path), *sets),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
     purge = ",".join(f"{k}={v:g}" for k, v in PURGE.items())
-    procs = start_drivers(
-        base,
-        time_scale=0.01,
-        seed=0,
-        log_dir=tmp_path / "logs",
-        extra={
-            "pump": ["--applied-log", str(applied), "--safe-flows", purge],
-            # droplets 0.2 s apart: a condition measures for >= 1 s, so the SIGSTOP
-            # lands while it is measuring
-            "spectrometer": ["--droplet-interval", "20"],
-        },
-    )
-    assert agent.stderr is not None
-    log = AgentLog(agent.stderr)
+    extra = {
+        "pump": ["--applied-log", str(applied), "--safe-flows", purge],
+        # droplets 0.2 s apart: a condition measures for >= 1 s, so the SIGSTOP
+        # lands while it is measuring
+        "spectrometer": ["--droplet-interval", "20"],
+    }
+    agent, procs, log = await start_campaign(tmp_path, SETTINGS, extra)
     victim = procs[role]
     try:
         at = await log.wait_for(trigger, "the trigger")
@@ -164,8 +174,7 @@ async def run_and_silence(tmp_path: Path, role: str, trigger: Callable[[Record],
         await log.closed()
         code = await asyncio.wait_for(agent.wait(), TIMEOUT)
     finally:
-        # kept for a failure's post-mortem
-        (tmp_path / "agent.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log.records))
+        keep_records(tmp_path, log)
         for p in procs.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGCONT)
@@ -256,23 +265,9 @@ async def test_droplets_a_frozen_spectrometer_delivers_for_an_abandoned_attempt_
         "replicates.timeout_s": 4.0,  # the stall that abandons the first attempt
         "replicates.droplet_timeout_s": 60.0,  # no droplet is asked for again
     }
-    base = find_free_base()
-    sets = [x for k, v in settings.items() for x in ("--set", f"{k}={v}")]
-    agent = await asyncio.create_subprocess_exec(
-        *sdl_agent("run", str(CAMPAIGN), "--base", base, "--out", str(tmp_path), *sets),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    procs = start_drivers(
-        base,
-        time_scale=0.01,
-        seed=0,
-        log_dir=tmp_path / "logs",
-        # droplets 0.2 s apart: an acquire of 5 takes >= 1 s, so it is frozen mid-way
-        extra={"spectrometer": ["--droplet-interval", "20", "--heartbeat-timeout", "30"]},
-    )
-    assert agent.stderr is not None
-    log = AgentLog(agent.stderr)
+    # droplets 0.2 s apart: an acquire of 5 takes >= 1 s, so it is frozen mid-way
+    extra = {"spectrometer": ["--droplet-interval", "20", "--heartbeat-timeout", "30"]}
+    agent, procs, log = await start_campaign(tmp_path, settings, extra)
     frozen = procs["spectrometer"]
 
     def acquire_of(attempt: int) -> Callable[[Record], bool]:
@@ -292,7 +287,7 @@ async def test_droplets_a_frozen_spectrometer_delivers_for_an_abandoned_attempt_
         await log.closed()
         code = await asyncio.wait_for(agent.wait(), TIMEOUT)
     finally:
-        (tmp_path / "agent.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log.records))
+        keep_records(tmp_path, log)
         with contextlib.suppress(ProcessLookupError):
             os.kill(frozen.pid, signal.SIGCONT)
         if agent.returncode is None:

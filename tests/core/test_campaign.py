@@ -12,6 +12,7 @@ from agent.core.campaign import Campaign, CampaignError, Result, TellError
 from agent.core.events import (
     AcquireAcked,
     Announce,
+    Decision,
     DriverDown,
     DriverFault,
     DriverUp,
@@ -482,11 +483,7 @@ class LossyLab(ToyLab):
 
 
 def test_lost_droplets_are_asked_for_again_keeping_the_replicates_in_and_no_stall():
-    reps = ReplicateSettings(
-        min_count=3, max_count=6, per_acquire=3, settle_window=1, timeout_s=10.0,
-        droplet_timeout_s=1.0,
-    )  # fmt: skip
-    c = Campaign(toy_settings(rounds=2, batch_size=3, replicates=reps), seed=0)
+    c = Campaign(toy_settings(rounds=2, batch_size=3, replicates=LOSSY_RULE), seed=0)
     lab = LossyLab(c)
     lab.run()
     assert c.stopped and c.rounds_complete == 2
@@ -506,15 +503,24 @@ def test_lost_droplets_are_asked_for_again_keeping_the_replicates_in_and_no_stal
     assert {d.attempt for d in acquires} == {1}  # asked again in the same attempt
 
 
-def test_missing_droplets_wait_while_the_acquire_is_unacknowledged():
-    reps = ReplicateSettings(
-        min_count=3, max_count=6, per_acquire=3, settle_window=1, timeout_s=10.0,
-        droplet_timeout_s=1.0,
-    )  # fmt: skip
+def measuring(reps: ReplicateSettings) -> tuple[Campaign, SendSetpoint, list[Decision]]:
+    """A campaign with the rule ``reps`` whose first condition is measuring (its
+    setpoint acked at 0.1, its flow stable at 0.2), and what the flow made it decide."""
     c = Campaign(toy_settings(replicates=reps), seed=0)
     sp = of(up(c), SendSetpoint)[0]
     c.handle(SetpointAcked(sp.cmd_id, True, "", 0.1))
-    out = c.handle(FlowStable(sp.cmd_id, sp.condition, 0.2))
+    return c, sp, c.handle(FlowStable(sp.cmd_id, sp.condition, 0.2))
+
+
+#: a rule that writes droplets off after 1 s (its stall timeout is 10 s)
+LOSSY_RULE = ReplicateSettings(
+    min_count=3, max_count=6, per_acquire=3, settle_window=1, timeout_s=10.0,
+    droplet_timeout_s=1.0,
+)  # fmt: skip
+
+
+def test_missing_droplets_wait_while_the_acquire_is_unacknowledged():
+    c, sp, out = measuring(LOSSY_RULE)
     acq = next(d for d in of(out, SendAcquire) if d.role == "spectrometer")
 
     def tick(t):
@@ -751,15 +757,8 @@ def test_spectrometer_acquires_number_the_attempts_droplets_from_first():
     """``first`` counts every droplet asked for in the attempt (not those that came):
     droplets lost and asked for again get new indices; a new attempt, a fresh
     replicate rule, starts at 0 again. A label's acquire carries none."""
-    reps = ReplicateSettings(
-        min_count=3, max_count=6, per_acquire=3, settle_window=1, timeout_s=10.0,
-        droplet_timeout_s=1.0,
-    )  # fmt: skip
-    c = Campaign(toy_settings(replicates=reps), seed=0)
-    sp = of(up(c), SendSetpoint)[0]
+    c, sp, out = measuring(LOSSY_RULE)
     cid = sp.condition
-    c.handle(SetpointAcked(sp.cmd_id, True, "", 0.1))
-    out = c.handle(FlowStable(sp.cmd_id, cid, 0.2))
     spec = [d for d in of(out, SendAcquire) if d.role == "spectrometer"]
     assert [(d.first, d.n) for d in spec] == [(0, 3)]
     assert [d.first for d in of(out, SendAcquire) if d.role == "xrd"] == [None]
