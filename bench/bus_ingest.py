@@ -617,8 +617,8 @@ def piece_costs(spectrum: np.ndarray, replicates: int) -> list[tuple[str, float]
             1,
         ),
         (
-            f"`protocols.codec.decode` of the 3 frames (v3: {len(body)} B JSON header, "
-            f"{len(blob)} B values, checked)",
+            f"`protocols.codec.decode` of the 3 frames (v{m.SCHEMA_VERSION}: {len(body)} B "
+            f"JSON header, {len(blob)} B values, checked)",
             lambda: decode(frames[0]),
             1,
         ),
