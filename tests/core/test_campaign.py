@@ -32,6 +32,7 @@ from agent.core.events import (
 from agent.core.history import RoundProposed, SetpointAnswered, SetpointSent
 from agent.core.replicates import ReplicateSettings
 from agent.core.stopping import AllOf, AnyOf, MaxRounds, StopReason, WallTime
+from agent.core.strategies.lhs import LatinHypercube
 from agent.core.testing import SilentDriverLab, ToyLab, toy_settings, toy_spectrum
 from protocols import messages as m
 
@@ -798,3 +799,35 @@ def test_a_restored_campaign_takes_droplets_of_acquires_from_before_the_restart_
     assert [n.fields["code"] for n in rejected(c2.handle(late))] == ["stale_attempt"]
     mine = SpectrumIn(sp.condition, 0, good, 400.0, 10.0, 10.6, acquire_id=new.cmd_id)
     assert not c2.handle(mine)
+
+
+class SpectraSeen:
+    """LHS that notes, at each proposal, whether it was given the median spectra;
+    ``reads``: its ``reads_spectra`` (None: it has no such attribute)."""
+
+    name = "seen"
+
+    def __init__(self, reads: bool | None) -> None:
+        if reads is not None:
+            self.reads_spectra = reads
+        self.seen: list[bool] = []
+        self._lhs = LatinHypercube()
+
+    def propose(self, space, data, n, rng):
+        self.seen.append(data.spectra is not None)
+        return self._lhs.propose(space, data, n, rng)
+
+
+@pytest.mark.parametrize(
+    ("reads", "given"),
+    [(False, False), (True, True), (None, True)],  # None: no attribute, given them
+)
+def test_the_median_spectra_are_stacked_only_for_a_strategy_that_reads_them(reads, given):
+    """Stacking the spectra copies every median spectrum so far at each round (the
+    soak's RSS spikes); a strategy that says it never reads them is spared it."""
+    initial, later = LatinHypercube(), SpectraSeen(reads)
+    settings = toy_settings(rounds=3, initial_strategy=initial, strategy=later, initial_rounds=1)
+    lab = ToyLab(Campaign(settings, seed=0), noise=0.02, seed=3)
+    lab.run()
+    assert later.seen == [given, given]  # rounds 2 and 3; round 1 had nothing to read
+    assert lab.c.observations.spectra.shape == (12, 5)  # the public view still has them

@@ -82,7 +82,13 @@ class Batch:
 
 @runtime_checkable
 class Strategy(Protocol):
-    """Anything that proposes a batch of recipes."""
+    """Anything that proposes a batch of recipes.
+
+    A strategy that never reads ``data.spectra`` may say so with a class
+    attribute ``reads_spectra = False``: the campaign then does not stack every
+    median spectrum measured so far for it (a copy of the whole history's
+    spectra at every round). Without the attribute it is given them.
+    """
 
     name: str
 

@@ -151,6 +151,7 @@ class LocalPenalizationEI:
     """
 
     name = "lp-ei"
+    reads_spectra = False
 
     def __init__(
         self,
@@ -408,6 +409,7 @@ class QLogNEI:
     """
 
     name = "qlognei"
+    reads_spectra = False
 
     def __init__(
         self,

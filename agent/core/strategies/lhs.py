@@ -73,6 +73,7 @@ class LatinHypercube(Strategy):
     """
 
     name = "lhs"
+    reads_spectra = False
 
     def __init__(self, *, optimization: str | None = "random-cd", max_tries: int = 200) -> None:
         if optimization not in (None, "random-cd"):
