@@ -282,6 +282,10 @@ async def test_unknown_keys_cannot_publish_or_receive_and_each_attempt_is_logged
             "auth_denied (a monitor's key on the commands endpoint)",
         )
 
+        # the allowed monitor gets its snapshot over CURVE before the drivers start: it
+        # may have been started before the agent bound, and its reconnects back off
+        # to 2 s, longer than this campaign at time scale 0.005 can last
+        await asyncio.wait_for(monitor.wait(), TIMEOUT)
         # the allowed drivers close the loop over CURVE while the rogues keep trying
         extra = {
             r: [
