@@ -78,6 +78,36 @@ class Records:
         return rec
 
 
+async def close_the_loop(
+    agent: asyncio.subprocess.Process,
+    log: Records,
+    procs: dict[str, subprocess.Popen[bytes]],
+    keys: Path,
+    base: str,
+    tmp_path: Path,
+) -> bytes:
+    """Start the three drivers into ``procs``, each with its own key, and wait for the
+    agent to finish its campaign and exit 0; returns the agent's stdout."""
+    extra = {
+        r: [
+            "--curve-secret-key",
+            str(keys / f"{r}.key_secret"),
+            "--curve-server-key",
+            str(keys / "agent.key"),
+        ]
+        for r in ROLES
+    }
+    procs.update(
+        start_drivers(base, time_scale=0.005, seed=0, log_dir=tmp_path / "logs", extra=extra)
+    )
+    assert agent.stdout is not None
+    out = await asyncio.wait_for(agent.stdout.read(), TIMEOUT)
+    await asyncio.wait_for(agent.wait(), TIMEOUT)
+    await asyncio.wait_for(log.task, TIMEOUT)
+    assert agent.returncode == 0, "".join(log.lines)[-3000:]
+    return out
+
+
 def _rogue(ctx: zmq.asyncio.Context, kind: int, keys: CurveKeys | None, server: bytes):
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
@@ -287,22 +317,7 @@ async def test_unknown_keys_cannot_publish_or_receive_and_each_attempt_is_logged
         # to 2 s, longer than this campaign at time scale 0.005 can last
         await asyncio.wait_for(monitor.wait(), TIMEOUT)
         # the allowed drivers close the loop over CURVE while the rogues keep trying
-        extra = {
-            r: [
-                "--curve-secret-key",
-                str(keys / f"{r}.key_secret"),
-                "--curve-server-key",
-                str(keys / "agent.key"),
-            ]
-            for r in ROLES
-        }
-        procs = start_drivers(
-            base, time_scale=0.005, seed=0, log_dir=tmp_path / "logs", extra=extra
-        )
-        out = await asyncio.wait_for(agent.stdout.read(), TIMEOUT)
-        await asyncio.wait_for(agent.wait(), TIMEOUT)
-        await asyncio.wait_for(log.task, TIMEOUT)
-        assert agent.returncode == 0, "".join(log.lines)[-3000:]
+        out = await close_the_loop(agent, log, procs, keys, base, tmp_path)
         await asyncio.wait_for(monitor.wait(), TIMEOUT)
         mon_out = (tmp_path / "monitor.out").read_bytes()
         mon_err = (tmp_path / "monitor.err").read_bytes()
@@ -462,22 +477,7 @@ async def test_a_driver_key_is_refused_under_another_drivers_name_and_the_rightf
             assert denied["key_name"] == "spectrometer" and denied["level"] == "warning"
 
         # the rightful drivers, each with its own key, close the loop meanwhile
-        extra = {
-            r: [
-                "--curve-secret-key",
-                str(keys / f"{r}.key_secret"),
-                "--curve-server-key",
-                str(keys / "agent.key"),
-            ]
-            for r in ROLES
-        }
-        procs = start_drivers(
-            base, time_scale=0.005, seed=0, log_dir=tmp_path / "logs", extra=extra
-        )
-        out = await asyncio.wait_for(agent.stdout.read(), TIMEOUT)
-        await asyncio.wait_for(agent.wait(), TIMEOUT)
-        await asyncio.wait_for(log.task, TIMEOUT)
-        assert agent.returncode == 0, "".join(log.lines)[-3000:]
+        out = await close_the_loop(agent, log, procs, keys, base, tmp_path)
         assert not senders[-1].done()  # the rogue was still publishing at the end
     finally:
         for t in senders:
