@@ -78,6 +78,26 @@ class Records:
         return rec
 
 
+async def start_agent(
+    base: str, tmp_path: Path, settings: dict[str, str], env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """``sdl-agent run`` of a one-round, three-condition reference campaign on
+    ``base`` with ``settings`` (``--set`` KEY=VALUE), its output in tmp_path/run."""
+    sets = {
+        "stop.max_rounds": "1",
+        "campaign.batch_size": "3",
+        "strategy.two_step.dnn_points": "1",
+        **settings,
+    }
+    flags = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+    return await asyncio.create_subprocess_exec(
+        *sdl_agent("run", str(CAMPAIGN), "--base", base, "--out", str(tmp_path / "run"), *flags),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+
+
 async def close_the_loop(
     agent: asyncio.subprocess.Process,
     log: Records,
@@ -177,30 +197,15 @@ async def test_unknown_keys_cannot_publish_or_receive_and_each_attempt_is_logged
     env = dict(os.environ)
     # the agent's secret from the environment, its allow-list a directory and a file
     env["SDL_AGENT_SECURITY__SECRET_KEY"] = agent_keys.secret.decode()
-    agent = await asyncio.create_subprocess_exec(
-        *sdl_agent(
-            "run",
-            str(CAMPAIGN),
-            "--base",
-            base,
-            "--out",
-            str(tmp_path / "run"),
-            "--set",
-            "stop.max_rounds=1",
-            "--set",
-            "campaign.batch_size=3",
-            "--set",
-            "strategy.two_step.dnn_points=1",
-            "--set",
-            "bus.status_interval_s=0.1",
-            "--set",
-            f'security.allowed_keys=["{allowed}"]',
-            "--set",
-            f'security.monitor_keys="{keys / "monitor.key"}"',
-        ),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
+    agent = await start_agent(
+        base,
+        tmp_path,
+        {
+            "bus.status_interval_s": "0.1",
+            "security.allowed_keys": f'["{allowed}"]',
+            "security.monitor_keys": f'"{keys / "monitor.key"}"',
+        },
+        env,
     )
     # an allowed monitor, its secret from the environment too
     monitor_env = dict(os.environ, SDL_CURVE_SECRET_KEY=monitor_keys.secret.decode())
@@ -390,27 +395,13 @@ async def test_a_driver_key_is_refused_under_another_drivers_name_and_the_rightf
 
     base = find_free_base()
     ep = Endpoints.from_base(base)
-    agent = await asyncio.create_subprocess_exec(
-        *sdl_agent(
-            "run",
-            str(CAMPAIGN),
-            "--base",
-            base,
-            "--out",
-            str(tmp_path / "run"),
-            "--set",
-            "stop.max_rounds=1",
-            "--set",
-            "campaign.batch_size=3",
-            "--set",
-            "strategy.two_step.dnn_points=1",
-            "--set",
-            f'security.secret_key_file="{keys / "agent.key_secret"}"',
-            "--set",
-            f'security.allowed_keys=["{allowed}"]',
-        ),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    agent = await start_agent(
+        base,
+        tmp_path,
+        {
+            "security.secret_key_file": f'"{keys / "agent.key_secret"}"',
+            "security.allowed_keys": f'["{allowed}"]',
+        },
     )
     assert agent.stderr is not None and agent.stdout is not None
     log = Records(agent.stderr)
