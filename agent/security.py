@@ -132,16 +132,14 @@ class ServerSecurity:
                 if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
                     code = errno.errorcode.get(event["value"], str(event["value"]))
                     reason = f"broken off by the peer ({code})"
-                repeats = throttle.due((stream, reason), time.monotonic())
-                if repeats is not None:
-                    log.warning(
-                        "auth_denied",
-                        stream=stream,
-                        stage="handshake",
-                        endpoint=_text(event["endpoint"]),
-                        reason=reason,
-                        repeats=repeats,
-                    )
+                _log_denied(
+                    throttle,
+                    (stream, reason),
+                    stream=stream,
+                    stage="handshake",
+                    endpoint=_text(event["endpoint"]),
+                    reason=reason,
+                )
         finally:
             sock.disable_monitor()
             monitor.close(linger=0)
@@ -170,6 +168,14 @@ class Throttle:
             self._last.clear()  # bounded memory: a flood of keys gets logged again
         self._last[key] = (now, 0)
         return 0 if last is None else last[1]
+
+
+def _log_denied(throttle: Throttle, key: Any, **fields: Any) -> None:
+    """Log ``auth_denied`` with ``fields`` and the repeats since the last record
+    for ``key``, unless ``throttle`` says it is not due yet."""
+    repeats = throttle.due(key, time.monotonic())
+    if repeats is not None:
+        log.warning("auth_denied", **fields, repeats=repeats)
 
 
 class AllowListAuthenticator(AsyncioAuthenticator):
@@ -215,18 +221,16 @@ class AllowListAuthenticator(AsyncioAuthenticator):
         mechanism = _text(msg[5]) if len(msg) > 5 else ""
         key = msg[6] if mechanism == "CURVE" and len(msg) == 7 and len(msg[6]) == 32 else b""
         client_key = z85.encode(key).decode() if key else ""
-        repeats = self._throttle.due((stream, peer, client_key), time.monotonic())
-        if repeats is not None:
-            log.warning(
-                "auth_denied",
-                stream=stream,
-                stage="zap",
-                peer=peer,
-                mechanism=mechanism,
-                client_key=client_key,
-                reason=_text(status_text),
-                repeats=repeats,
-            )
+        _log_denied(
+            self._throttle,
+            (stream, peer, client_key),
+            stream=stream,
+            stage="zap",
+            peer=peer,
+            mechanism=mechanism,
+            client_key=client_key,
+            reason=_text(status_text),
+        )
 
 
 class KeyBinding:
@@ -245,18 +249,16 @@ class KeyBinding:
         why = key_mismatch(name, msg)
         if why is None:
             return None
-        repeats = self._throttle.due((stream, name, msg.source), time.monotonic())
-        if repeats is not None:
-            log.warning(
-                "auth_denied",
-                stream=stream,
-                stage="message",
-                key_name=name,
-                kind=msg.kind,
-                source=msg.source,
-                reason=why,
-                repeats=repeats,
-            )
+        _log_denied(
+            self._throttle,
+            (stream, name, msg.source),
+            stream=stream,
+            stage="message",
+            key_name=name,
+            kind=msg.kind,
+            source=msg.source,
+            reason=why,
+        )
         return why
 
 

@@ -148,12 +148,13 @@ async def _keep_sending(sock: zmq.asyncio.Socket, frames: Callable[[int], list[b
         await asyncio.sleep(0.02)
 
 
+def _envelope(source: str, seq: int) -> dict[str, Any]:
+    return {"msg_id": m.new_id(), "source": source, "seq": seq, "ts": time.time()}
+
+
 def _hello(source: str, seq: int) -> list[bytes]:
     msg = m.Hello(
-        msg_id=m.new_id(),
-        source=source,
-        seq=seq,
-        ts=time.time(),
+        **_envelope(source, seq),
         role="pump",
         session="rogue",
         instrument="rogue",
@@ -163,10 +164,7 @@ def _hello(source: str, seq: int) -> list[bytes]:
 
 def _spectrum(seq: int, source: str = "spectrometer") -> list[bytes]:
     msg = m.Spectrum(
-        msg_id=m.new_id(),
-        source=source,
-        seq=seq,
-        ts=time.time(),
+        **_envelope(source, seq),
         condition="r01-c01",
         replicate=10_000 + seq,
         wl_start=380.0,
